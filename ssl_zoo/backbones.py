@@ -1,0 +1,103 @@
+"""Backbones by name: torchvision ResNets (with a CIFAR stem for small images) and any timm model.
+
+`build_backbone` returns the encoder (images -> flat features) and its feature dimension, and
+`BackboneSpec` is everything needed to rebuild it, saved beside the weights in backbone.pt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ssl_zoo.errors import UserError, unknown_choice
+
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    cifar_stem: bool = False
+    pretrained: bool = False
+
+
+def valid_names() -> list[str]:
+    return [*TORCHVISION_RESNETS, "timm:<any timm model, e.g. timm:resnet18>"]
+
+
+def default_cifar_stem(name: str, image_size: int) -> bool:
+    """Torchvision ResNets lose 4x resolution in their stem; on <=64 px images the CIFAR stem
+    (3x3 stride-1 conv, no max-pool) keeps enough spatial detail. timm models keep their own stem."""
+    return name in TORCHVISION_RESNETS and image_size <= 64
+
+
+def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    if spec.name.startswith(TIMM_PREFIX):
+        if spec.cifar_stem:
+            raise UserError(f"cifar_stem applies to torchvision ResNets only, not '{spec.name}'")
+        return _build_timm(spec.name[len(TIMM_PREFIX) :], spec.pretrained)
+    if spec.name in TORCHVISION_RESNETS:
+        return _build_torchvision(spec.name, spec.cifar_stem, spec.pretrained)
+    raise unknown_choice("backbone", spec.name, valid_names())
+
+
+def _build_timm(name: str, pretrained: bool) -> tuple[nn.Module, int]:
+    import timm
+
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise UserError(f"unknown timm model '{name}' (see timm.list_models()){hint}")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except Exception as err:  # network, hub or missing-weights failures all surface here
+        raise UserError(
+            f"cannot load pretrained weights for timm:{name} ({type(err).__name__}); "
+            "are you offline? use pretrained: false or pre-populate the Hugging Face cache"
+        ) from err
+    # With num_classes=0 the output is the pooled, pre-classifier vector: for models with a head
+    # MLP (e.g. MobileNetV3) that is head_hidden_size wide, not num_features.
+    return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def _build_torchvision(name: str, cifar_stem: bool, pretrained: bool) -> tuple[nn.Module, int]:
+    weights = "DEFAULT" if pretrained else None
+    try:
+        model = getattr(torchvision.models, name)(weights=weights)
+    except Exception as err:
+        raise UserError(
+            f"cannot load pretrained torchvision weights for {name} ({type(err).__name__}); "
+            "are you offline? use pretrained: false or place them in the torch hub cache"
+        ) from err
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return model, feature_dim
+
+
+def save_backbone(path: str | Path, backbone: nn.Module, spec: BackboneSpec, **meta) -> None:
+    """Write weights + spec atomically so a killed run never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"spec": asdict(spec), "state_dict": backbone.state_dict(), **meta}, tmp)
+    tmp.replace(path)
+
+
+def load_backbone(path: str | Path) -> tuple[nn.Module, int, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"backbone file not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or "spec" not in payload:
+        raise UserError(f"{path} is not a backbone.pt written by ssl_zoo (no 'spec' entry)")
+    spec = BackboneSpec(**{**payload["spec"], "pretrained": False})
+    model, feature_dim = build_backbone(spec)
+    model.load_state_dict(payload["state_dict"])
+    return model, feature_dim, payload

@@ -1,0 +1,125 @@
+"""The typed run configuration shared by the entry points, and its YAML + command-line parser.
+
+Configs compose: `--config a.yaml --config b.yaml --lr 0.1` applies a, then b, then the flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from ssl_zoo.errors import UserError
+
+LOGGERS = ("csv", "wandb")
+
+
+@dataclass
+class TrainConfig:
+    """Centralized SSL pre-training with an online kNN monitor.
+
+    Args:
+        method: SSL method (simclr, byol, vicreg, ...).
+        method_args: The method's own hyper-parameters (temperature, projector sizes, momentum...).
+        dataset: synthetic, cifar10, cifar100, stl10 or imagefolder.
+        data_dir: Dataset root (torchvision files, or DIR/train/<class>/* for imagefolder).
+        image_size: Side of the training views in pixels; default: the dataset's own.
+        train_samples: Use at most this many training images (synthetic: generate this many).
+        test_samples: Use at most this many test images for the monitor (synthetic: generate this many).
+        views: Options of the method's lightly view transform (e.g. gaussian_blur, min_scale).
+        backbone: resnet18/resnet34/resnet50 (torchvision) or timm:<model name>.
+        cifar_stem: 3x3 stride-1 stem without max-pool for torchvision ResNets; default: on for <=64 px.
+        pretrained: Start from the backbone's pretrained weights (needs them downloaded).
+        batch_size: Images per step (each yields two or more views).
+        max_epochs: Epochs to train.
+        max_time: Wall-clock budget in minutes; the schedule anneals to fit it. None: no budget.
+        optimizer: sgd, lars or adamw.
+        lr: Peak learning rate (absolute, not scaled by batch size).
+        weight_decay: Weight decay (not applied to biases and normalisation layers).
+        warmup_fraction: Fraction of training spent in linear learning-rate warm-up.
+        knn_k: Neighbours of the kNN monitor.
+        knn_t: Temperature of the kNN monitor's weighted vote.
+        knn_every_n_epochs: Run the kNN monitor every N epochs (and always at the end).
+        num_workers: DataLoader worker processes.
+        accelerator: auto, cpu, gpu, ...
+        precision: Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed.
+        seed: Seed of initialisation, augmentation and data order.
+        output_dir: Run directory; default runs/<method>-<dataset>-<time>.
+        resume: Continue the run in output_dir from its last checkpoint.
+        logger: csv (always written) or wandb (CSV too; offline without an API key).
+        wandb_project: W&B project.
+        wandb_group: W&B group, to compare runs side by side.
+        wandb_tags: W&B tags.
+        wandb_name: W&B run name; default: the run directory's name.
+    """
+
+    method: str = "simclr"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    image_size: int | None = None
+    train_samples: int | None = None
+    test_samples: int | None = None
+    views: dict[str, Any] = field(default_factory=dict)
+    backbone: str = "resnet18"
+    cifar_stem: bool | None = None
+    pretrained: bool = False
+    batch_size: int = 256
+    max_epochs: int = 100
+    max_time: float | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.06
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.0
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_every_n_epochs: int = 1
+    num_workers: int = 2
+    accelerator: str = "auto"
+    precision: str = "32-true"
+    seed: int = 0
+    output_dir: str | None = None
+    resume: bool = False
+    logger: str = "csv"
+    wandb_project: str = "ssl_zoo"
+    wandb_group: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_name: str | None = None
+
+    def validate(self) -> None:
+        checks = [
+            (self.max_epochs >= 1, f"max_epochs must be >= 1 (got {self.max_epochs})"),
+            (self.batch_size >= 2, f"batch_size must be >= 2 (got {self.batch_size})"),
+            (self.max_time is None or self.max_time > 0, "max_time must be > 0 minutes"),
+            (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
+            (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
+            (self.knn_k >= 1 and self.knn_t > 0, "knn_k must be >= 1 and knn_t > 0"),
+            (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.dataset != "imagefolder" or self.data_dir, "imagefolder needs --data_dir DIR"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        if self.logger not in LOGGERS:
+            raise UserError(f"unknown logger '{self.logger}'; valid choices: {', '.join(LOGGERS)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_parser(config_class: type, prog: str) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=(config_class.__doc__ or "").split("\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config; may be repeated")
+    parser.add_class_arguments(config_class)
+    return parser
+
+
+def parse_config(config_class: type, argv: list[str] | None, prog: str):
+    parser = build_parser(config_class, prog)
+    namespace = parser.parse_args(argv)
+    values = {k: v for k, v in vars(namespace).items() if k != "config"}
+    config = config_class(**values)
+    config.validate()
+    return config

@@ -1,0 +1,261 @@
+"""Datasets by name and the LightningDataModule that serves SSL views and labeled evaluation splits.
+
+Every dataset is reduced to the same three splits of (PIL image, label) pairs:
+- `train`: images the SSL method learns from (labels may be -1 when unknown);
+- `bank`: labeled training images, the kNN monitor's memory bank (None when there are no labels);
+- `test`: labeled held-out images the monitor and the probes are scored on (None when absent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ssl_zoo import synthetic
+from ssl_zoo.errors import UserError, unknown_choice
+from ssl_zoo.views import eval_transform
+
+IMAGENET_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+CIFAR10_NORMALIZE = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
+CIFAR100_NORMALIZE = {"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]}
+SYNTHETIC_NORMALIZE = {"mean": [0.5, 0.5, 0.5], "std": [0.29, 0.29, 0.29]}
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class DatasetInfo:
+    normalize: dict
+    image_size: int | None  # None: read off the first image
+
+
+DATASETS = {
+    "synthetic": DatasetInfo(SYNTHETIC_NORMALIZE, 32),
+    "cifar10": DatasetInfo(CIFAR10_NORMALIZE, 32),
+    "cifar100": DatasetInfo(CIFAR100_NORMALIZE, 32),
+    "stl10": DatasetInfo(IMAGENET_NORMALIZE, 96),
+    "imagefolder": DatasetInfo(IMAGENET_NORMALIZE, None),
+}
+
+SYNTHETIC_SIZES = {"train": 5000, "test": 1000}
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    bank: Dataset | None
+    test: Dataset | None
+    num_classes: int
+    image_size: int
+
+
+class ArrayImages(Dataset):
+    """uint8 images held in memory (N, H, W, 3), served as PIL images for torchvision/lightly."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return Image.fromarray(self.images[index]), int(self.labels[index])
+
+
+class ImageFiles(Dataset):
+    """Image files with labels; an unreadable file is reported by its path."""
+
+    def __init__(self, paths: list[Path], labels: list[int]):
+        self.paths, self.labels = paths, labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except Exception as err:
+            raise UserError(f"cannot read image {path}: {err}") from None
+        return image, self.labels[index]
+
+
+class Transformed(Dataset):
+    def __init__(self, base: Dataset, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index]
+        return self.transform(image), label
+
+
+def _subsample(dataset: Dataset | None, limit: int | None, seed: int) -> Dataset | None:
+    if dataset is None or limit is None or limit >= len(dataset):
+        return dataset
+    keep = np.random.default_rng(seed).permutation(len(dataset))[:limit]
+    return Subset(dataset, np.sort(keep).tolist())
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _image_folder_split(folder: Path, classes: list[str]) -> ImageFiles:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        found = _list_images(folder / name)
+        paths += found
+        labels += [label] * len(found)
+    return ImageFiles(paths, labels)
+
+
+def _load_imagefolder(data_dir: Path) -> tuple[Dataset, Dataset | None, Dataset | None, int]:
+    if not data_dir.is_dir():
+        raise UserError(
+            f"imagefolder directory not found: {data_dir}; expected DIR/train/<class>/*.jpg "
+            "(and DIR/test/<class>/*.jpg), or a folder of unlabeled images"
+        )
+    train_dir, test_dir = data_dir / "train", data_dir / "test"
+    if not train_dir.is_dir():
+        paths = _list_images(data_dir)
+        if not paths:
+            raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {data_dir}")
+        return ImageFiles(paths, [-1] * len(paths)), None, None, 0
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"no class folders in {train_dir}; expected {train_dir}/<class>/*.jpg")
+    train = _image_folder_split(train_dir, classes)
+    if len(train) == 0:
+        raise UserError(f"no images found in the class folders of {train_dir}")
+    test = None
+    if test_dir.is_dir():
+        test_classes = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+        if not set(test_classes) <= set(classes):
+            extra = sorted(set(test_classes) - set(classes))
+            raise UserError(f"{test_dir} has classes missing from {train_dir}: {', '.join(extra)}")
+        test = _image_folder_split(test_dir, classes)
+    return train, train, test, len(classes)
+
+
+def _load_torchvision(name: str, data_dir: Path):
+    import torchvision.datasets as tvd
+
+    def get(cls, **kwargs):
+        try:
+            return cls(str(data_dir), download=False, **kwargs)
+        except RuntimeError:
+            pass
+        try:
+            return cls(str(data_dir), download=True, **kwargs)
+        except Exception as err:
+            raise UserError(
+                f"{name} not found under {data_dir} and the download failed ({type(err).__name__}); "
+                f"run once online, or place torchvision's {name} files in {data_dir}, "
+                "or use --dataset synthetic"
+            ) from None
+
+    if name in ("cifar10", "cifar100"):
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        train, test = get(cls, train=True), get(cls, train=False)
+        wrap = lambda d: ArrayImages(d.data, d.targets)  # noqa: E731
+        return wrap(train), wrap(train), wrap(test), len(train.classes)
+    # STL-10: learn from train+unlabeled (105k images), monitor with the labeled 5k train split.
+    nhwc = lambda d: ArrayImages(d.data.transpose(0, 2, 3, 1), d.labels)  # noqa: E731
+    ssl = get(tvd.STL10, split="train+unlabeled")
+    train, test = get(tvd.STL10, split="train"), get(tvd.STL10, split="test")
+    return nhwc(ssl), nhwc(train), nhwc(test), 10
+
+
+def load_splits(
+    dataset: str,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+    train_samples: int | None = None,
+    test_samples: int | None = None,
+    seed: int = 0,
+) -> Splits:
+    if dataset not in DATASETS:
+        raise unknown_choice("dataset", dataset, DATASETS)
+    data_dir = Path(data_dir) if data_dir else Path("data")
+    if dataset == "synthetic":
+        # The data seed is fixed so that every run, whatever its training seed, sees the same images.
+        train_x, train_y = synthetic.generate(train_samples or SYNTHETIC_SIZES["train"], 32, seed=0)
+        test_x, test_y = synthetic.generate(test_samples or SYNTHETIC_SIZES["test"], 32, seed=1)
+        train, test = ArrayImages(train_x, train_y), ArrayImages(test_x, test_y)
+        splits = (train, train, test, len(synthetic.CLASSES))
+    elif dataset == "imagefolder":
+        splits = _load_imagefolder(data_dir)
+    else:
+        splits = _load_torchvision(dataset, data_dir)
+    train, bank, test, num_classes = splits
+    same = bank is train
+    train = _subsample(train, train_samples, seed)
+    bank = train if same else _subsample(bank, train_samples, seed)
+    test = _subsample(test, test_samples, seed)
+    if image_size is None:
+        image_size = DATASETS[dataset].image_size or min(train[0][0].size)
+    if test is None:
+        bank = None  # a memory bank without queries measures nothing
+    return Splits(train, bank, test, num_classes, image_size)
+
+
+def collate_views(batch):
+    """(list of views, label) pairs -> (list of view batches, label batch)."""
+    views, labels = zip(*batch, strict=True)
+    return [torch.stack(v) for v in zip(*views, strict=True)], torch.tensor(labels)
+
+
+class SSLDataModule(L.LightningDataModule):
+    """Serves augmented views for training and, when labels exist, [bank, test] for validation."""
+
+    def __init__(self, splits: Splits, views, normalize: dict, batch_size: int, num_workers: int):
+        super().__init__()
+        self.splits, self.views, self.batch_size, self.num_workers = (
+            splits,
+            views,
+            batch_size,
+            num_workers,
+        )
+        if batch_size > len(splits.train):
+            raise UserError(
+                f"batch_size {batch_size} is larger than the training set ({len(splits.train)} "
+                "images); lower --batch_size"
+            )
+        self.eval_transform = eval_transform(splits.image_size, normalize)
+
+    @property
+    def has_monitor(self) -> bool:
+        return self.splits.bank is not None and self.splits.num_classes > 0
+
+    def _loader(self, dataset: Dataset, train: bool, collate=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(Transformed(self.splits.train, self.views), True, collate_views)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if not self.has_monitor:
+            return []
+        return [
+            self._loader(Transformed(self.splits.bank, self.eval_transform), False),
+            self._loader(Transformed(self.splits.test, self.eval_transform), False),
+        ]

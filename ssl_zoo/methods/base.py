@@ -1,0 +1,167 @@
+"""SSLMethod: everything the methods share, so each method file states only what is special to it.
+
+Shared here: the backbone, the optimizer (SGD, LARS, AdamW) with warm-up + cosine driven by training
+progress, the online kNN monitor and linear probe, and the logging of loss and a collapse signal.
+
+Progress is the larger of step progress and wall-clock progress, so a run with a time budget
+(`--max_time`) anneals its learning rate and momentum to their final values as the budget runs out
+instead of being cut off mid-schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from lightly.models.utils import get_weight_decay_parameters
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import cosine_warmup_schedule
+from lightning.pytorch.callbacks import Timer
+from torch import Tensor, nn
+
+from ssl_zoo.backbones import BackboneSpec, build_backbone
+from ssl_zoo.errors import unknown_choice
+from ssl_zoo.evaluation.knn import knn_accuracy
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+# Resolution of the progress fed to lightly's integer-step schedules.
+_SCHEDULE_STEPS = 100_000
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    features: Tensor  # backbone features of the first view: fed (detached) to the linear probe
+    embedding: Tensor  # the vectors the loss compares: watched for collapse
+
+
+class SSLMethod(L.LightningModule):
+    family: ClassVar[str]
+    paper: ClassVar[str]
+    views: ClassVar[str]  # key of ssl_zoo.views.VIEW_FACTORIES
+
+    def __init__(
+        self,
+        backbone: BackboneSpec,
+        num_classes: int = 0,
+        optimizer: str = "sgd",
+        lr: float = 0.06,
+        weight_decay: float = 5e-4,
+        warmup_fraction: float = 0.0,
+        knn_k: int = 200,
+        knn_t: float = 0.1,
+    ):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise unknown_choice("optimizer", optimizer, OPTIMIZERS)
+        self.backbone, self.feature_dim = build_backbone(backbone)
+        self.backbone_spec = backbone
+        self.num_classes = num_classes
+        self.probe = nn.Linear(self.feature_dim, num_classes) if num_classes > 0 else None
+        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.warmup_fraction = warmup_fraction
+        self.knn_k, self.knn_t = knn_k, knn_t
+        self._val_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        self.last_metrics: dict[str, float] = {}
+
+    # ---- what a method provides -------------------------------------------------------------
+    def ssl_step(self, views: list[Tensor]) -> StepOutput:
+        raise NotImplementedError
+
+    # ---- schedule -----------------------------------------------------------------------------
+    @property
+    def progress(self) -> float:
+        """Fraction of the training schedule done, in [0, 1], by steps or by the time budget."""
+        if self._trainer is None:
+            return 0.0
+        total = self.trainer.estimated_stepping_batches
+        by_steps = self.global_step / total if math.isfinite(total) and total > 0 else 0.0
+        by_time = 0.0
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, Timer) and callback.time_remaining() is not None:
+                elapsed = callback.time_elapsed()
+                by_time = elapsed / max(elapsed + callback.time_remaining(), 1e-9)
+        return min(1.0, max(by_steps, by_time))
+
+    def cosine_progress(self, start: float, end: float, warmup: float = 0.0) -> float:
+        """Value of a (warm-up +) cosine schedule from start to end at the current progress."""
+        return cosine_warmup_schedule(
+            step=round(self.progress * _SCHEDULE_STEPS),
+            max_steps=_SCHEDULE_STEPS,
+            start_value=start,
+            end_value=end,
+            warmup_steps=round(warmup * _SCHEDULE_STEPS),
+            warmup_start_value=0.0,
+        )
+
+    def configure_optimizers(self):
+        trainable = [m for name, m in self.named_children() if name != "probe"]
+        decay, no_decay = get_weight_decay_parameters(trainable)
+        groups = [
+            {"params": [p for p in decay if p.requires_grad]},
+            {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
+        ]
+        if self.probe is not None:
+            groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0})
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "lars":
+            opt = LARS(groups, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda _: self.cosine_progress(1.0, 0.0, self.warmup_fraction)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- training -----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        views, labels = batch
+        out = self.ssl_step(views)
+        loss = out.loss
+        z = F.normalize(out.embedding.detach().float(), dim=1)
+        log = {
+            "train/loss": out.loss.detach(),
+            # Per-dimension std of normalised embeddings: 1/sqrt(dim) when spread out, 0 when collapsed.
+            "train/embedding_std": z.std(dim=0).mean(),
+            "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        labeled = labels >= 0
+        if self.probe is not None and labeled.any():
+            logits = self.probe(out.features.detach()[labeled])
+            probe_loss = F.cross_entropy(logits, labels[labeled])
+            loss = loss + probe_loss
+            log["train/probe_acc"] = (logits.argmax(1) == labels[labeled]).float().mean()
+        self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=len(labels))
+        self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=len(labels))
+        return loss
+
+    # ---- online monitor: kNN and linear probe on [bank, test] -------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = {}
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        images, labels = batch
+        features = self.backbone(images)
+        self._val_outputs.setdefault(dataloader_idx, []).append((features.float(), labels))
+
+    def on_validation_epoch_end(self) -> None:
+        if set(self._val_outputs) != {0, 1}:
+            return
+        bank, bank_labels = (torch.cat(t) for t in zip(*self._val_outputs[0], strict=True))
+        test, test_labels = (torch.cat(t) for t in zip(*self._val_outputs[1], strict=True))
+        top1, top5 = knn_accuracy(
+            test, test_labels, bank, bank_labels, self.num_classes, self.knn_k, self.knn_t
+        )
+        metrics = {"val/knn_top1": top1, "val/knn_top5": top5}
+        if self.probe is not None:
+            predicted = self.probe(test).argmax(1)
+            metrics["val/probe_top1"] = (predicted == test_labels).float().mean().item()
+        metrics["val/embedding_std"] = F.normalize(test, dim=1).std(dim=0).mean().item()
+        self.log_dict(metrics, prog_bar=True)
+        self.last_metrics = {**metrics, "step": self.global_step}
+        self._val_outputs = {}

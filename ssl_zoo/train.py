@@ -1,0 +1,190 @@
+"""Centralized pre-training: config -> data, views, method -> Lightning Trainer -> run directory.
+
+The run directory gets config.yaml (resolved), metrics.csv, checkpoints/last.ckpt, backbone.pt and
+summary.json; summary.json is written last, so its presence marks a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from ssl_zoo.backbones import BackboneSpec, default_cifar_stem, save_backbone
+from ssl_zoo.config import TrainConfig, parse_config
+from ssl_zoo.data import DATASETS, SSLDataModule, load_splits
+from ssl_zoo.errors import UserError, run_main
+from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
+from ssl_zoo.methods import METHODS, build_method
+from ssl_zoo.views import build_views
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.output_dir is None:
+        if cfg.resume:
+            raise UserError("--resume true needs the --output_dir of the run to continue")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.output_dir = f"runs/{cfg.method}-{cfg.dataset}-{stamp}"
+    run_dir = Path(cfg.output_dir)
+    finished = (run_dir / "summary.json").exists()
+    started = (run_dir / "checkpoints").exists()
+    if cfg.resume and not started:
+        raise UserError(f"nothing to resume in {run_dir}: no checkpoints/ folder")
+    if not cfg.resume and (finished or started):
+        state = (
+            "a finished run" if finished else "an unfinished run (continue it with --resume true)"
+        )
+        raise UserError(f"{run_dir} already holds {state}; choose another --output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def validate_names(cfg: TrainConfig) -> None:
+    """Fail on unknown names before any data is loaded or generated."""
+    from ssl_zoo.errors import unknown_choice
+
+    if cfg.method not in METHODS:
+        raise unknown_choice("method", cfg.method, METHODS)
+    if cfg.dataset not in DATASETS:
+        raise unknown_choice("dataset", cfg.dataset, DATASETS)
+
+
+def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
+    """kNN/probe metrics of the final weights; re-measured if training stopped between epochs."""
+    if not datamodule.has_monitor:
+        return {}
+    if model.last_metrics.get("step") != model.global_step:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    return model.last_metrics
+
+
+def train(cfg: TrainConfig) -> dict:
+    start = time.time()
+    validate_names(cfg)
+    run_dir = prepare_run_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dataset_info = DATASETS[cfg.dataset]
+    splits = load_splits(
+        cfg.dataset, cfg.data_dir, cfg.image_size, cfg.train_samples, cfg.test_samples, cfg.seed
+    )
+    cifar_stem = cfg.cifar_stem
+    if cifar_stem is None:
+        cifar_stem = default_cifar_stem(cfg.backbone, splits.image_size)
+    spec = BackboneSpec(cfg.backbone, cifar_stem, cfg.pretrained)
+    model = build_method(
+        cfg.method,
+        cfg.method_args,
+        backbone=spec,
+        num_classes=splits.num_classes,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_fraction=cfg.warmup_fraction,
+        knn_k=cfg.knn_k,
+        knn_t=cfg.knn_t,
+    )
+    views = build_views(model.views, splits.image_size, dataset_info.normalize, cfg.views)
+    datamodule = SSLDataModule(
+        splits, views, dataset_info.normalize, cfg.batch_size, cfg.num_workers
+    )
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    earlier_rows: list[dict] = []
+    if cfg.resume:
+        if not last_ckpt.exists():
+            raise UserError(f"nothing to resume: {last_ckpt} does not exist")
+        resumed_step = torch.load(last_ckpt, map_location="cpu", weights_only=False)["global_step"]
+        earlier_rows = [
+            r for r in read_csv_rows(run_dir / "metrics.csv") if int(r["step"]) <= resumed_step
+        ]
+
+    loggers = build_loggers(cfg, run_dir)
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs,
+        max_time=timedelta(minutes=cfg.max_time) if cfg.max_time else None,
+        accelerator=cfg.accelerator,
+        devices=1,
+        precision=cfg.precision,
+        logger=loggers,
+        callbacks=[
+            ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+            TQDMProgressBar(refresh_rate=1),
+        ],
+        check_val_every_n_epoch=cfg.knn_every_n_epochs,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+    )
+
+    init_metrics: dict = {}
+    if datamodule.has_monitor:
+        # The encoder at initialisation is the baseline every kNN figure is compared against.
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        init_metrics = model.last_metrics
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if cfg.resume else None)
+    final = final_monitor(trainer, model, datamodule)
+    prepend_csv_rows(run_dir / "metrics.csv", earlier_rows)
+
+    stopped_by = "max_epochs" if trainer.current_epoch >= cfg.max_epochs else "max_time"
+    summary = {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "backbone": cfg.backbone,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "stopped_by": stopped_by,
+        "knn_top1_init": init_metrics.get("val/knn_top1"),
+        "knn_top1": final.get("val/knn_top1"),
+        "knn_top5": final.get("val/knn_top5"),
+        "probe_top1": final.get("val/probe_top1"),
+        "embedding_std": final.get("val/embedding_std"),
+        "run_dir": str(run_dir),
+        "seconds": round(time.time() - start, 1),
+    }
+    save_backbone(
+        run_dir / "backbone.pt",
+        model.backbone,
+        spec,
+        feature_dim=model.feature_dim,
+        image_size=splits.image_size,
+        normalize=dataset_info.normalize,
+        method=cfg.method,
+        dataset=cfg.dataset,
+        knn_top1=summary["knn_top1"],
+    )
+    wandb = wandb_logger(loggers)
+    if wandb is not None:
+        finish_wandb(wandb, run_dir, summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def finish_wandb(logger, run_dir: Path, summary: dict) -> None:
+    import wandb
+
+    run = logger.experiment
+    run.summary.update({k: v for k, v in summary.items() if v is not None})
+    artifact = wandb.Artifact(f"backbone-{run.id}", type="model", metadata=summary)
+    artifact.add_file(str(run_dir / "backbone.pt"))
+    run.log_artifact(artifact)
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(TrainConfig, argv, prog="train.py")
+    summary = train(cfg)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def cli() -> None:
+    run_main(main)

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from ssl_zoo.backbones import BackboneSpec, build_backbone, load_backbone, save_backbone
+from ssl_zoo.errors import UserError
+
+
+def test_torchvision_resnet_cifar_stem_keeps_resolution():
+    model, dim = build_backbone(BackboneSpec("resnet18", cifar_stem=True))
+    assert dim == 512
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_torchvision_resnet50_feature_dim():
+    model, dim = build_backbone(BackboneSpec("resnet50"))
+    assert dim == 2048
+    assert model.conv1.stride == (2, 2)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2048)
+
+
+@pytest.mark.parametrize("name", ["timm:resnet10t", "timm:mobilenetv3_small_100"])
+def test_timm_feature_dim_is_discovered(name):
+    model, dim = build_backbone(BackboneSpec(name))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, dim)
+
+
+def test_unknown_backbones_name_the_choices():
+    with pytest.raises(UserError, match="valid choices: .*resnet18"):
+        build_backbone(BackboneSpec("resnet7"))
+    with pytest.raises(UserError, match="unknown timm model 'resnet_nope'"):
+        build_backbone(BackboneSpec("timm:resnet_nope"))
+
+
+def test_pretrained_offline_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: weights must be fetched
+    with pytest.raises(UserError, match="cannot load pretrained .* offline"):
+        build_backbone(BackboneSpec("resnet18", pretrained=True))
+
+
+def test_backbone_file_round_trip(tmp_path):
+    model, _ = build_backbone(BackboneSpec("resnet18", cifar_stem=True))
+    model.eval()
+    save_backbone(tmp_path / "backbone.pt", model, BackboneSpec("resnet18", True), image_size=32)
+    loaded, dim, payload = load_backbone(tmp_path / "backbone.pt")
+    loaded.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert dim == 512 and payload["image_size"] == 32
+    assert torch.allclose(model(x), loaded(x))
+    with pytest.raises(UserError, match="not found"):
+        load_backbone(tmp_path / "missing.pt")

@@ -1,0 +1,127 @@
+"""End-to-end runs of train.py on tiny synthetic data: outputs, JSON line, budget, resume, W&B."""
+
+import json
+
+import pytest
+import torch
+from conftest import last_json_line, run_script, tiny_args
+from wandb_records import history_keys
+
+from ssl_zoo.errors import run_main
+from ssl_zoo.loggers import read_csv_rows
+from ssl_zoo.train import main
+
+SUMMARY_KEYS = {"method", "dataset", "backbone", "epochs", "knn_top1_init", "knn_top1", "run_dir",
+                "seconds"}  # fmt: skip
+
+
+def test_train_script_writes_a_finished_run(tmp_path):
+    out = tmp_path / "run"
+    proc = run_script("train.py", *tiny_args(out, "--max_epochs", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = last_json_line(proc.stdout)
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["epochs"] == 2 and summary["steps"] == 8
+    assert 0 <= summary["knn_top1_init"] <= 1 and 0 <= summary["knn_top1"] <= 1
+    for name in (
+        "metrics.csv",
+        "config.yaml",
+        "backbone.pt",
+        "summary.json",
+        "checkpoints/last.ckpt",
+    ):
+        assert (out / name).is_file(), name
+    rows = read_csv_rows(out / "metrics.csv")
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    knn = [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
+    assert len(losses) == 8 and all(loss == loss for loss in losses)
+    assert len(knn) == 3  # at initialisation and after each epoch
+    payload = torch.load(out / "backbone.pt", weights_only=False)
+    assert payload["spec"]["name"] == "timm:resnet10t" and payload["image_size"] == 32
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_config_files_compose_with_flags(tmp_path):
+    out = tmp_path / "run"
+    summary = main(["--config", "configs/quickstart.yaml", "--config", "configs/methods/byol.yaml",
+                    *tiny_args(out), "--optimizer", "adamw", "--lr", "1e-3"])  # fmt: skip
+    config = (out / "config.yaml").read_text()
+    assert summary["method"] == "byol"
+    assert (
+        "momentum_start: 0.99" in config
+        and "lr: 0.001" in config
+        and "min_scale: 0.4" not in config
+    )
+
+
+def test_time_budget_anneals_and_ends_cleanly(tmp_path):
+    out = tmp_path / "run"
+    summary = main(tiny_args(out, "--max_epochs", "1000", "--max_time", "0.1"))
+    assert summary["stopped_by"] == "max_time" and summary["knn_top1"] is not None
+    lrs = [float(r["train/lr"]) for r in read_csv_rows(out / "metrics.csv") if r.get("train/lr")]
+    assert lrs[-1] < 0.1 * max(lrs)  # annealed to (nearly) zero as the budget ran out
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "backbone.pt").is_file()
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    first = main(tiny_args(out, "--max_epochs", "1"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, tiny_args(out, "--max_epochs", "2"))
+    assert exit_info.value.code == 2
+    (out / "summary.json").unlink()  # as if the first run had been killed after its checkpoint
+    second = main(tiny_args(out, "--max_epochs", "2", "--resume", "true"))
+    assert first["steps"] == 4 and second["steps"] == 8 and second["epochs"] == 2
+    steps = [int(r["step"]) for r in read_csv_rows(out / "metrics.csv") if r.get("train/loss")]
+    assert steps == list(range(8))
+
+
+def test_wandb_offline_run_records_the_metrics(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no key, so offline
+    out = tmp_path / "run"
+    summary = main(tiny_args(out, "--logger", "wandb", "--wandb_group", "tests"))
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((out / "wandb").iterdir())
+    run_files = list(runs[0].glob("*.wandb"))
+    assert len(run_files) == 1
+    keys = history_keys(run_files[0])
+    assert {"train/loss", "val/knn_top1"} <= keys, keys
+    assert (out / "metrics.csv").is_file() and summary["knn_top1"] is not None
+
+
+BAD_INPUTS = [
+    (["--method", "simclrr"], "unknown method 'simclrr'; valid choices: byol, simclr, vicreg"),
+    (["--backbone", "resnet7"], "unknown backbone 'resnet7'; valid choices:"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices:"),
+    (["--logger", "tensorboard"], "unknown logger 'tensorboard'; valid choices: csv, wandb"),
+    (["--max_epochs", "0"], "max_epochs must be >= 1"),
+    (["--batch_size", "1000"], "batch_size 1000 is larger than the training set (64 images)"),
+    (
+        ["--dataset", "imagefolder", "--data_dir", "/no/such/dir"],
+        "directory not found: /no/such/dir",
+    ),
+    (["--method_args", "{tau: 1}"], "unknown method_args tau for simclr"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_INPUTS, ids=[b[0][1] for b in BAD_INPUTS])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, tiny_args(out, *extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err
+    assert not (out / "summary.json").exists()
+
+
+def test_unreadable_image_in_a_worker_names_its_path(tmp_path, image_folder):
+    (image_folder / "train" / "b" / "broken.png").write_bytes(b"garbage")
+    proc = run_script("train.py", *tiny_args(tmp_path / "run", "--dataset", "imagefolder",
+                      "--data_dir", str(image_folder), "--batch_size", "4", "--num_workers", "1"))  # fmt: skip
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot read image") and "broken.png" in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,46 @@
+"""Read the records of a W&B offline run file (.wandb), to check what a run really logged.
+
+The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each chunk with a
+7-byte header (crc32c, length, type); FULL/FIRST/MIDDLE/LAST chunks join into protobuf Records.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32 * 1024
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> list:
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        block_left = BLOCK - (pos % BLOCK)
+        if block_left < 7:  # block trailer padding
+            pos += block_left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def history_keys(path: Path) -> set[str]:
+    keys = set()
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return keys
