@@ -28,6 +28,7 @@ class TrainConfig:
         train_samples: Use at most this many training images (synthetic: generate this many).
         test_samples: Use at most this many test images for the monitor (synthetic: generate this many).
         views: Options of the method's lightly view transform (e.g. gaussian_blur, min_scale).
+        hard_views: Hard View Selection: draw N view pairs per image, train on the hardest (1: off).
         backbone: resnet18/resnet34/resnet50 (torchvision) or timm:<model name>.
         cifar_stem: 3x3 stride-1 stem without max-pool for torchvision ResNets; default: on for <=64 px.
         pretrained: Start from the backbone's pretrained weights (needs them downloaded).
@@ -62,6 +63,7 @@ class TrainConfig:
     train_samples: int | None = None
     test_samples: int | None = None
     views: dict[str, Any] = field(default_factory=dict)
+    hard_views: int = 1
     backbone: str = "resnet18"
     cifar_stem: bool | None = None
     pretrained: bool = False
@@ -97,6 +99,7 @@ class TrainConfig:
             (self.knn_k >= 1 and self.knn_t > 0, "knn_k must be >= 1 and knn_t > 0"),
             (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.hard_views >= 1, f"hard_views must be >= 1 (got {self.hard_views})"),
             (self.dataset != "imagefolder" or self.data_dir, "imagefolder needs --data_dir DIR"),
         ]
         for ok, message in checks:

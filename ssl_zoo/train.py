@@ -22,7 +22,7 @@ from ssl_zoo.data import DATASETS, SSLDataModule, load_splits
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
 from ssl_zoo.methods import METHODS, build_method
-from ssl_zoo.views import build_views
+from ssl_zoo.views import RepeatedViews, build_views
 
 
 def prepare_run_dir(cfg: TrainConfig) -> Path:
@@ -53,6 +53,26 @@ def validate_names(cfg: TrainConfig) -> None:
         raise unknown_choice("method", cfg.method, METHODS)
     if cfg.dataset not in DATASETS:
         raise unknown_choice("dataset", cfg.dataset, DATASETS)
+
+
+@torch.no_grad()
+def check_views_fit_backbone(backbone, views: list, name: str) -> None:
+    """Fail early, in one line, when the backbone cannot take a crop size (e.g. a fixed-size ViT
+    given DINO's local crops), rather than deep inside the first training step."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for size in sorted({tuple(v.shape[-2:]) for v in views}):
+            try:
+                backbone(torch.zeros(2, 3, *size))
+            except Exception as err:
+                first_line = (str(err).strip().splitlines() or [""])[0]
+                raise UserError(
+                    f"backbone {name} cannot take {size[0]}x{size[1]}-px views ({first_line}); "
+                    "choose crop sizes it supports (--views.*crop_size*) or another backbone"
+                ) from None
+    finally:
+        backbone.train(was_training)
 
 
 def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
@@ -89,8 +109,13 @@ def train(cfg: TrainConfig) -> dict:
         warmup_fraction=cfg.warmup_fraction,
         knn_k=cfg.knn_k,
         knn_t=cfg.knn_t,
+        hard_views=cfg.hard_views,
     )
     views = build_views(model.views, splits.image_size, dataset_info.normalize, cfg.views)
+    check_views_fit_backbone(model.backbone, views(splits.train[0][0]), cfg.backbone)
+    if cfg.hard_views > 1:
+        views = RepeatedViews(views, cfg.hard_views)
+    model.checkpoint_meta = {"image_size": splits.image_size, "normalize": dataset_info.normalize}
     datamodule = SSLDataModule(
         splits, views, dataset_info.normalize, cfg.batch_size, cfg.num_workers
     )
@@ -155,8 +180,7 @@ def train(cfg: TrainConfig) -> dict:
         model.backbone,
         spec,
         feature_dim=model.feature_dim,
-        image_size=splits.image_size,
-        normalize=dataset_info.normalize,
+        **model.checkpoint_meta,
         method=cfg.method,
         dataset=cfg.dataset,
         knn_top1=summary["knn_top1"],

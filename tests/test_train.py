@@ -92,7 +92,7 @@ def test_wandb_offline_run_records_the_metrics(tmp_path, monkeypatch):
 
 
 BAD_INPUTS = [
-    (["--method", "simclrr"], "unknown method 'simclrr'; valid choices: byol, simclr, vicreg"),
+    (["--method", "simclrr"], "unknown method 'simclrr'; valid choices: barlowtwins, byol, dino"),
     (["--backbone", "resnet7"], "unknown backbone 'resnet7'; valid choices:"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices:"),
     (["--logger", "tensorboard"], "unknown logger 'tensorboard'; valid choices: csv, wandb"),

@@ -5,12 +5,30 @@ from __future__ import annotations
 import inspect
 
 from ssl_zoo.errors import UserError, unknown_choice
+from ssl_zoo.methods.barlowtwins import BarlowTwins
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.methods.byol import BYOL
+from ssl_zoo.methods.dino import DINO
+from ssl_zoo.methods.mocov2 import MoCoV2
+from ssl_zoo.methods.nnclr import NNCLR
+from ssl_zoo.methods.rotnet import RotNet
 from ssl_zoo.methods.simclr import SimCLR
+from ssl_zoo.methods.simsiam import SimSiam
+from ssl_zoo.methods.swav import SwAV
 from ssl_zoo.methods.vicreg import VICReg
 
-METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "byol": BYOL, "vicreg": VICReg}
+METHODS: dict[str, type[SSLMethod]] = {
+    "simclr": SimCLR,
+    "mocov2": MoCoV2,
+    "nnclr": NNCLR,
+    "byol": BYOL,
+    "simsiam": SimSiam,
+    "dino": DINO,
+    "vicreg": VICReg,
+    "barlowtwins": BarlowTwins,
+    "swav": SwAV,
+    "rotnet": RotNet,
+}
 
 
 def method_options(name: str) -> dict[str, object]:
@@ -27,6 +45,6 @@ def build_method(name: str, method_args: dict | None = None, **shared) -> SSLMet
     if unknown:
         raise UserError(
             f"unknown method_args {', '.join(unknown)} for {name}; "
-            f"valid: {', '.join(sorted(method_options(name)))}"
+            f"valid: {', '.join(sorted(method_options(name))) or '(none)'}"
         )
     return METHODS[name](**method_args, **shared)

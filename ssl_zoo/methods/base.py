@@ -11,7 +11,7 @@ instead of being cut off mid-schedule.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import lightning.pytorch as L
@@ -24,8 +24,9 @@ from lightning.pytorch.callbacks import Timer
 from torch import Tensor, nn
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone
-from ssl_zoo.errors import unknown_choice
+from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.evaluation.knn import knn_accuracy
+from ssl_zoo.evaluation.label_free import embedding_std, rankme
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 # Resolution of the progress fed to lightly's integer-step schedules.
@@ -42,7 +43,8 @@ class StepOutput:
 class SSLMethod(L.LightningModule):
     family: ClassVar[str]
     paper: ClassVar[str]
-    views: ClassVar[str]  # key of ssl_zoo.views.VIEW_FACTORIES
+    views: ClassVar[str]  # key of ssl_zoo.views.PIPELINES
+    two_views: ClassVar[bool] = True  # a pair of views per image (Hard View Selection applies)
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class SSLMethod(L.LightningModule):
         warmup_fraction: float = 0.0,
         knn_k: int = 200,
         knn_t: float = 0.1,
+        hard_views: int = 1,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -65,12 +68,43 @@ class SSLMethod(L.LightningModule):
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_fraction = warmup_fraction
         self.knn_k, self.knn_t = knn_k, knn_t
+        if hard_views > 1 and not self.two_views:
+            raise UserError(f"--hard_views needs a two-view method; {type(self).__name__} is not")
+        self.hard_views = hard_views
         self._val_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self.last_metrics: dict[str, float] = {}
+        # What evaluate.py needs besides the weights to use a checkpoint (set by the entry point).
+        self.checkpoint_meta: dict = {}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ssl_zoo"] = {
+            "backbone_spec": asdict(self.backbone_spec),
+            **self.checkpoint_meta,
+        }
 
     # ---- what a method provides -------------------------------------------------------------
     def ssl_step(self, views: list[Tensor]) -> StepOutput:
         raise NotImplementedError
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The vectors a two-view loss compares; Hard View Selection scores pairs with them."""
+        return self.projection_head(self.backbone(x))
+
+    # ---- Hard View Selection (Ferreira et al., 2023) -------------------------------------------
+    @torch.no_grad()
+    def select_hard_views(self, views: list[Tensor]) -> list[Tensor]:
+        """From N candidate pairs per image keep the pair the current model finds hardest.
+
+        Joint-embedding losses are batch-level, so a pair is scored by its own term, the
+        misalignment 1 - cos(z_a, z_b) of its embeddings, from one forward pass without gradients.
+        """
+        first, second = torch.stack(views[0::2]), torch.stack(views[1::2])  # (N, B, C, H, W)
+        n, b = first.shape[:2]
+        z_first = self.embed(first.flatten(0, 1)).view(n, b, -1)
+        z_second = self.embed(second.flatten(0, 1)).view(n, b, -1)
+        hardest = (1 - F.cosine_similarity(z_first, z_second, dim=-1)).argmax(dim=0)  # (B,)
+        rows = torch.arange(b, device=hardest.device)
+        return [first[hardest, rows], second[hardest, rows]]
 
     # ---- schedule -----------------------------------------------------------------------------
     @property
@@ -121,6 +155,8 @@ class SSLMethod(L.LightningModule):
     # ---- training -----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         views, labels = batch
+        if self.hard_views > 1:
+            views = self.select_hard_views(views)
         out = self.ssl_step(views)
         loss = out.loss
         z = F.normalize(out.embedding.detach().float(), dim=1)
@@ -161,7 +197,8 @@ class SSLMethod(L.LightningModule):
         if self.probe is not None:
             predicted = self.probe(test).argmax(1)
             metrics["val/probe_top1"] = (predicted == test_labels).float().mean().item()
-        metrics["val/embedding_std"] = F.normalize(test, dim=1).std(dim=0).mean().item()
+        metrics["val/embedding_std"] = embedding_std(test)
+        metrics["val/rankme"] = rankme(test)
         self.log_dict(metrics, prog_bar=True)
         self.last_metrics = {**metrics, "step": self.global_step}
         self._val_outputs = {}

@@ -1,0 +1,64 @@
+"""MoCo v2 (Chen et al., 2020): a momentum key encoder and a queue of negative keys.
+
+The queue is lightly's memory bank inside NTXentLoss: each step's keys are enqueued (the queue
+advances by the batch size) and the oldest are dropped. Keys are computed with shuffled
+BatchNorm, as in the paper, so the batch statistics cannot leak which key matches which query.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import MoCoProjectionHead
+from lightly.models.utils import (
+    batch_shuffle,
+    batch_unshuffle,
+    deactivate_requires_grad,
+    update_momentum,
+)
+
+from ssl_zoo.methods.base import SSLMethod, StepOutput
+
+
+class MoCoV2(SSLMethod):
+    family = "deep metric learning"
+    paper = "https://arxiv.org/abs/2003.04297"
+    views = "simclr"
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        queue_size: int = 4096,
+        proj_hidden_dim: int = 512,
+        proj_dim: int = 128,
+        momentum_start: float = 0.99,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.projection_head = MoCoProjectionHead(self.feature_dim, proj_hidden_dim, proj_dim)
+        self.key_backbone = copy.deepcopy(self.backbone)
+        self.key_projection_head = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.key_backbone)
+        deactivate_requires_grad(self.key_projection_head)
+        self.momentum_start = momentum_start
+        self.criterion = NTXentLoss(
+            temperature=temperature, memory_bank_size=(queue_size, proj_dim)
+        )
+
+    def on_train_batch_start(self, batch, batch_idx):
+        m = self.cosine_progress(self.momentum_start, 1.0)
+        update_momentum(self.backbone, self.key_backbone, m)
+        update_momentum(self.projection_head, self.key_projection_head, m)
+        self.log("train/momentum", m, on_step=True, on_epoch=False)
+
+    def ssl_step(self, views):
+        x_query, x_key = views
+        features = self.backbone(x_query)
+        query = self.projection_head(features)
+        with torch.no_grad():
+            shuffled, order = batch_shuffle(x_key)
+            key = self.key_projection_head(self.key_backbone(shuffled))
+            key = batch_unshuffle(key, order)
+        return StepOutput(self.criterion(query, key), features, query)
