@@ -91,13 +91,31 @@ def save_backbone(path: str | Path, backbone: nn.Module, spec: BackboneSpec, **m
 
 
 def load_backbone(path: str | Path) -> tuple[nn.Module, int, dict]:
+    """Rebuild a backbone from backbone.pt, or from a Lightning checkpoint of an ssl_zoo run.
+
+    Returns (module, feature_dim, metadata such as spec, image_size and normalize)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"backbone file not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "spec" not in payload:
-        raise UserError(f"{path} is not a backbone.pt written by ssl_zoo (no 'spec' entry)")
-    spec = BackboneSpec(**{**payload["spec"], "pretrained": False})
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(
+            f"cannot read {path} as a torch checkpoint ({type(err).__name__})"
+        ) from None
+    if isinstance(payload, dict) and "ssl_zoo" in payload:  # a Lightning checkpoint
+        meta = dict(payload["ssl_zoo"])
+        meta["spec"] = meta.pop("backbone_spec")
+        prefix = "backbone."
+        state = {
+            k[len(prefix) :]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)
+        }
+    elif isinstance(payload, dict) and "spec" in payload:
+        meta = {k: v for k, v in payload.items() if k != "state_dict"}
+        state = payload["state_dict"]
+    else:
+        raise UserError(f"{path} is neither a backbone.pt nor a checkpoint written by ssl_zoo")
+    spec = BackboneSpec(**{**meta["spec"], "pretrained": False})
     model, feature_dim = build_backbone(spec)
-    model.load_state_dict(payload["state_dict"])
-    return model, feature_dim, payload
+    model.load_state_dict(state)
+    return model, feature_dim, meta

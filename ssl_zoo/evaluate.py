@@ -1,25 +1,32 @@
-"""Evaluate a trained (or randomly initialised) encoder: kNN on frozen features."""
+"""Evaluate an encoder: kNN, linear probe and few-label fine-tuning, with label-free metrics and an
+embedding plot. Works for backbone.pt, Lightning checkpoints of ssl_zoo runs, and random init."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, load_backbone
-from ssl_zoo.config import parse_config
+from ssl_zoo.config import LOGGERS, parse_config
 from ssl_zoo.data import DATASETS, Transformed, load_splits
 from ssl_zoo.errors import UserError, run_main, unknown_choice
-from ssl_zoo.evaluation.knn import knn_accuracy
-from ssl_zoo.views import eval_transform
+from ssl_zoo.evaluation.finetune import finetune
+from ssl_zoo.evaluation.knn import knn_scores, topk_accuracy
+from ssl_zoo.evaluation.label_free import label_free_metrics
+from ssl_zoo.evaluation.linear import train_linear_probe
+from ssl_zoo.evaluation.plots import embedding_plot
+from ssl_zoo.loggers import wandb_mode
+from ssl_zoo.views import build_views, eval_transform
 
-PROTOCOLS = ("knn",)
+PROTOCOLS = ("knn", "linear", "finetune", "all")
 
 
 @dataclass
@@ -27,98 +34,234 @@ class EvalConfig:
     """Evaluate an encoder on a labeled dataset.
 
     Args:
-        checkpoint: backbone.pt of a run, or 'random' for the same backbone at initialisation.
-        protocol: knn.
+        checkpoint: backbone.pt or a .ckpt of an ssl_zoo run, or 'random' for initialisation.
+        protocol: knn, linear, finetune or all.
         dataset: synthetic, cifar10, cifar100, stl10 or imagefolder.
         data_dir: Dataset root.
-        backbone: Backbone name, for --checkpoint random.
+        backbone: Backbone name; required with --checkpoint random, checked against a checkpoint.
         image_size: Input size; default: the checkpoint's, else the dataset's.
         train_samples: Use at most this many training images.
         test_samples: Use at most this many test images.
-        knn_k: Neighbours.
-        knn_t: Temperature of the weighted vote.
+        knn_k: Neighbours of the kNN classifier.
+        knn_t: Temperature of its weighted vote.
+        linear_epochs: Epochs of the linear probe on precomputed features.
+        label_fraction: Fraction of training labels for fine-tuning, class-balanced, in (0, 1].
+        finetune_epochs: Fine-tuning epochs.
+        finetune_lr: Fine-tuning learning rate (SGD, cosine).
+        plot: Write embedding.png (t-SNE of the test features coloured by class).
         batch_size: Images per forward pass.
         num_workers: DataLoader worker processes.
-        seed: Seed for random initialisation and subsets.
-        output_dir: Where results.json goes; default: beside the checkpoint (or runs/eval-random).
+        accelerator: auto, cpu, gpu, ...
+        seed: Seed of random initialisation, subsets and probes.
+        output_dir: Where results.json goes; default: beside the checkpoint.
+        logger: csv (results.json only) or wandb (also a W&B run with metrics and the plot).
+        wandb_project: W&B project.
+        wandb_group: W&B group.
+        wandb_tags: W&B tags.
     """
 
     checkpoint: str
     protocol: str = "knn"
     dataset: str = "synthetic"
     data_dir: str | None = None
-    backbone: str = "resnet18"
+    backbone: str | None = None
     image_size: int | None = None
     train_samples: int | None = None
     test_samples: int | None = None
     knn_k: int = 200
     knn_t: float = 0.1
+    linear_epochs: int = 100
+    label_fraction: float = 0.01
+    finetune_epochs: int = 30
+    finetune_lr: float = 0.05
+    plot: bool = True
     batch_size: int = 256
     num_workers: int = 2
+    accelerator: str = "auto"
     seed: int = 0
     output_dir: str | None = None
+    logger: str = "csv"
+    wandb_project: str = "ssl_zoo"
+    wandb_group: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise unknown_choice("protocol", self.protocol, PROTOCOLS)
         if self.dataset not in DATASETS:
             raise unknown_choice("dataset", self.dataset, DATASETS)
+        if self.logger not in LOGGERS:
+            raise unknown_choice("logger", self.logger, LOGGERS)
+        if not 0 < self.label_fraction <= 1:
+            raise UserError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        if self.checkpoint == "random" and not self.backbone:
+            raise UserError("--checkpoint random needs --backbone NAME (e.g. resnet18)")
+        if self.linear_epochs < 1 or self.finetune_epochs < 1:
+            raise UserError("linear_epochs and finetune_epochs must be >= 1")
+
+
+def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
+    if cfg.checkpoint == "random":
+        size = cfg.image_size or DATASETS[cfg.dataset].image_size or 32
+        spec = BackboneSpec(cfg.backbone, default_cifar_stem(cfg.backbone, size))
+        model, dim = build_backbone(spec)
+        return model, dim, {"spec": asdict(spec)}
+    model, dim, meta = load_backbone(cfg.checkpoint)
+    trained_on = meta["spec"]["name"]
+    if cfg.backbone and cfg.backbone != trained_on:
+        raise UserError(
+            f"{cfg.checkpoint} holds a {trained_on} backbone, not the requested {cfg.backbone}; "
+            "drop --backbone or pass the matching name"
+        )
+    return model, dim, meta
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset, batch_size: int, num_workers: int):
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+def extract_features(model: nn.Module, dataset, cfg: EvalConfig, device, desc: str):
+    """Features of a dataset in batches (or of each view, for multi-view transforms)."""
+    model.eval().to(device)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     features, labels = [], []
-    for images, targets in loader:
-        features.append(model(images).float())
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False):
+        if isinstance(images, list):
+            features.append(torch.stack([model(v.to(device)).float().cpu() for v in images]))
+        else:
+            features.append(model(images.to(device)).float().cpu())
         labels.append(targets)
-    return torch.cat(features), torch.cat(labels)
+    dim = 1 if features[0].ndim == 3 else 0
+    return torch.cat(features, dim=dim), torch.cat(labels)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
     start = time.time()
     L.seed_everything(cfg.seed, verbose=False)
-    meta: dict = {}
-    if cfg.checkpoint == "random":
-        size = cfg.image_size or DATASETS[cfg.dataset].image_size or 32
-        spec = BackboneSpec(cfg.backbone, default_cifar_stem(cfg.backbone, size))
-        model, _ = build_backbone(spec)
-    else:
-        model, _, meta = load_backbone(cfg.checkpoint)
-    image_size = cfg.image_size or meta.get("image_size")
+    model, feature_dim, meta = load_encoder(cfg)
     splits = load_splits(
-        cfg.dataset, cfg.data_dir, image_size, cfg.train_samples, cfg.test_samples, cfg.seed
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.image_size or meta.get("image_size"),
+        cfg.train_samples,
+        cfg.test_samples,
+        cfg.seed,
     )
     if splits.bank is None:
         raise UserError(f"{cfg.dataset} at {cfg.data_dir} has no labeled train and test splits")
-    transform = eval_transform(splits.image_size, DATASETS[cfg.dataset].normalize)
-    bank, bank_y = extract_features(
-        model, Transformed(splits.bank, transform), cfg.batch_size, cfg.num_workers
+    out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
+    if cfg.checkpoint == "random" and cfg.output_dir is None:
+        out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    device = torch.device(
+        "cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
     )
-    test, test_y = extract_features(
-        model, Transformed(splits.test, transform), cfg.batch_size, cfg.num_workers
+    normalize = DATASETS[cfg.dataset].normalize
+    transform = eval_transform(splits.image_size, normalize)
+    protocols = ["knn", "linear", "finetune"] if cfg.protocol == "all" else [cfg.protocol]
+    seconds: dict[str, float] = {}
+
+    tic = time.time()
+    train_x, train_y = extract_features(
+        model, Transformed(splits.bank, transform), cfg, device, "train features"
     )
-    top1, top5 = knn_accuracy(test, test_y, bank, bank_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
-    result = {
+    test_x, test_y = extract_features(
+        model, Transformed(splits.test, transform), cfg, device, "test features"
+    )
+    seconds["features"] = time.time() - tic
+    results: dict[str, dict] = {}
+    if "knn" in protocols:
+        tic = time.time()
+        scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
+        results["knn"] = dict(zip(("top1", "top5"), topk_accuracy(scores, test_y), strict=True))
+        seconds["knn"] = time.time() - tic
+    if "linear" in protocols:
+        tic = time.time()
+        classifier, mean, std = train_linear_probe(
+            train_x, train_y, splits.num_classes, cfg.linear_epochs, seed=cfg.seed
+        )
+        with torch.no_grad():
+            logits = classifier((test_x - mean) / std)
+        results["linear"] = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
+        seconds["linear"] = time.time() - tic
+    if "finetune" in protocols:
+        tic = time.time()
+        labels = train_y.tolist()
+        tuned, n_labels = finetune(
+            model, feature_dim, splits.num_classes, splits.bank, labels, cfg.label_fraction,
+            splits.image_size, normalize, cfg.finetune_epochs, cfg.finetune_lr,
+            cfg.batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
+        )  # fmt: skip
+        logits, _ = extract_features(
+            tuned, Transformed(splits.test, transform), cfg, device, "fine-tuned"
+        )
+        accuracy = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
+        results["finetune"] = {**accuracy, "label_fraction": cfg.label_fraction, "labels": n_labels}
+        seconds["finetune"] = time.time() - tic
+
+    # Label-free metrics on the test features; alignment needs two augmented views of each image.
+    tic = time.time()
+    pair_views = build_views("simclr", splits.image_size, normalize, {"gaussian_blur": 0.0})
+    views, _ = extract_features(
+        model, Transformed(splits.test, pair_views), cfg, device, "view pairs"
+    )
+    label_free = label_free_metrics(test_x, (views[0], views[1]), splits.num_classes, cfg.seed)
+    seconds["label_free"] = time.time() - tic
+    plot_path = None
+    if cfg.plot:
+        title = f"{cfg.checkpoint} on {cfg.dataset} (test split)"
+        plot_path = str(embedding_plot(test_x, test_y, out_dir / "embedding.png", title, cfg.seed))
+
+    first = results[protocols[0]]
+    summary = {
         "protocol": cfg.protocol,
         "dataset": cfg.dataset,
         "checkpoint": cfg.checkpoint,
-        "top1": top1,
-        "top5": top5,
+        "backbone": meta["spec"]["name"],
+        # With --protocol all, top1/top5 are per protocol; otherwise the protocol's own figures.
+        "top1": first["top1"]
+        if len(protocols) == 1
+        else {p: results[p]["top1"] for p in protocols},
+        "top5": first["top5"]
+        if len(protocols) == 1
+        else {p: results[p]["top5"] for p in protocols},
+        **label_free,
+        "results": results,
+        "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
+        "plot": plot_path,
         "seconds": round(time.time() - start, 1),
     }
-    out_dir = Path(cfg.output_dir or (Path(cfg.checkpoint).parent if meta else "runs/eval-random"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
-    return result
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    if cfg.logger == "wandb":
+        log_to_wandb(cfg, summary, out_dir)
+    return summary
+
+
+def log_to_wandb(cfg: EvalConfig, summary: dict, out_dir: Path) -> None:
+    import wandb
+
+    run = wandb.init(
+        project=cfg.wandb_project,
+        group=cfg.wandb_group,
+        tags=list(cfg.wandb_tags) or None,
+        name=f"eval-{cfg.protocol}-{Path(cfg.checkpoint).parent.name or cfg.checkpoint}",
+        dir=str(out_dir),
+        mode=wandb_mode(),
+        config=asdict(cfg),
+        job_type="evaluation",
+    )
+    flat = {k: v for k, v in summary.items() if isinstance(v, int | float)}
+    for protocol, values in summary["results"].items():
+        flat.update({f"{protocol}/{k}": v for k, v in values.items()})
+    run.summary.update(flat)
+    if summary["plot"]:
+        run.log({"embedding": wandb.Image(summary["plot"])})
+    run.finish()
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(EvalConfig, argv, prog="evaluate.py")
-    result = evaluate(cfg)
-    print(json.dumps(result), flush=True)
-    return result
+    summary = evaluate(cfg)
+    print(json.dumps(summary), flush=True)
+    return summary
 
 
 def cli() -> None:
