@@ -16,11 +16,11 @@ LOGGERS = ("csv", "wandb")
 
 
 @dataclass
-class TrainConfig:
-    """Centralized SSL pre-training with an online kNN monitor.
+class RunConfig:
+    """What every run shares: method, data, views, backbone, optimisation, seeds and logging.
 
     Args:
-        method: SSL method (simclr, byol, vicreg, ...).
+        method: SSL method (simclr, mocov2, nnclr, byol, simsiam, dino, vicreg, barlowtwins, swav, rotnet).
         method_args: The method's own hyper-parameters (temperature, projector sizes, momentum...).
         dataset: synthetic, cifar10, cifar100, stl10 or imagefolder.
         data_dir: Dataset root (torchvision files, or DIR/train/<class>/* for imagefolder).
@@ -33,15 +33,12 @@ class TrainConfig:
         cifar_stem: 3x3 stride-1 stem without max-pool for torchvision ResNets; default: on for <=64 px.
         pretrained: Start from the backbone's pretrained weights (needs them downloaded).
         batch_size: Images per step (each yields two or more views).
-        max_epochs: Epochs to train.
-        max_time: Wall-clock budget in minutes; the schedule anneals to fit it. None: no budget.
         optimizer: sgd, lars or adamw.
         lr: Peak learning rate (absolute, not scaled by batch size).
         weight_decay: Weight decay (not applied to biases and normalisation layers).
         warmup_fraction: Fraction of training spent in linear learning-rate warm-up.
         knn_k: Neighbours of the kNN monitor.
         knn_t: Temperature of the kNN monitor's weighted vote.
-        knn_every_n_epochs: Run the kNN monitor every N epochs (and always at the end).
         num_workers: DataLoader worker processes.
         accelerator: auto, cpu, gpu, ...
         precision: Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed.
@@ -68,15 +65,12 @@ class TrainConfig:
     cifar_stem: bool | None = None
     pretrained: bool = False
     batch_size: int = 256
-    max_epochs: int = 100
-    max_time: float | None = None
     optimizer: str = "sgd"
     lr: float = 0.06
     weight_decay: float = 5e-4
     warmup_fraction: float = 0.0
     knn_k: int = 200
     knn_t: float = 0.1
-    knn_every_n_epochs: int = 1
     num_workers: int = 2
     accelerator: str = "auto"
     precision: str = "32-true"
@@ -89,20 +83,19 @@ class TrainConfig:
     wandb_tags: list[str] = field(default_factory=list)
     wandb_name: str | None = None
 
-    def validate(self) -> None:
-        checks = [
-            (self.max_epochs >= 1, f"max_epochs must be >= 1 (got {self.max_epochs})"),
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.batch_size >= 2, f"batch_size must be >= 2 (got {self.batch_size})"),
-            (self.max_time is None or self.max_time > 0, "max_time must be > 0 minutes"),
             (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.knn_k >= 1 and self.knn_t > 0, "knn_k must be >= 1 and knn_t > 0"),
-            (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.hard_views >= 1, f"hard_views must be >= 1 (got {self.hard_views})"),
             (self.dataset != "imagefolder" or self.data_dir, "imagefolder needs --data_dir DIR"),
         ]
-        for ok, message in checks:
+
+    def validate(self) -> None:
+        for ok, message in self.checks():
             if not ok:
                 raise UserError(message)
         if self.logger not in LOGGERS:
@@ -110,6 +103,29 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Centralized SSL pre-training with an online kNN monitor.
+
+    Args:
+        max_epochs: Epochs to train.
+        max_time: Wall-clock budget in minutes; the schedule anneals to fit it. None: no budget.
+        knn_every_n_epochs: Run the kNN monitor every N epochs (and always at the end).
+    """
+
+    max_epochs: int = 100
+    max_time: float | None = None
+    knn_every_n_epochs: int = 1
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            *super().checks(),
+            (self.max_epochs >= 1, f"max_epochs must be >= 1 (got {self.max_epochs})"),
+            (self.max_time is None or self.max_time > 0, "max_time must be > 0 minutes"),
+            (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),
+        ]
 
 
 def build_parser(config_class: type, prog: str) -> ArgumentParser:

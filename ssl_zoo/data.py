@@ -209,6 +209,15 @@ def load_splits(
     return Splits(train, bank, test, num_classes, image_size)
 
 
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Labels of a split without decoding its images."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    if isinstance(dataset, ArrayImages | ImageFiles):
+        return np.asarray(dataset.labels, dtype=np.int64)
+    return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
+
+
 def collate_views(batch):
     """(list of views, label) pairs -> (list of view batches, label batch)."""
     views, labels = zip(*batch, strict=True)
@@ -231,7 +240,7 @@ class SSLDataModule(L.LightningDataModule):
                 f"batch_size {batch_size} is larger than the training set ({len(splits.train)} "
                 "images); lower --batch_size"
             )
-        self.eval_transform = eval_transform(splits.image_size, normalize)
+        self.normalize = normalize
 
     @property
     def has_monitor(self) -> bool:
@@ -255,7 +264,8 @@ class SSLDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         if not self.has_monitor:
             return []
+        transform = eval_transform(self.splits.image_size, self.normalize)
         return [
-            self._loader(Transformed(self.splits.bank, self.eval_transform), False),
-            self._loader(Transformed(self.splits.test, self.eval_transform), False),
+            self._loader(Transformed(self.splits.bank, transform), False),
+            self._loader(Transformed(self.splits.test, transform), False),
         ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -16,63 +16,12 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from ssl_zoo.backbones import BackboneSpec, default_cifar_stem, save_backbone
+from ssl_zoo.backbones import save_backbone
+from ssl_zoo.components import build_components, prepare_run_dir, validate_names
 from ssl_zoo.config import TrainConfig, parse_config
-from ssl_zoo.data import DATASETS, SSLDataModule, load_splits
+from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
-from ssl_zoo.methods import METHODS, build_method
-from ssl_zoo.views import RepeatedViews, build_views
-
-
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    if cfg.output_dir is None:
-        if cfg.resume:
-            raise UserError("--resume true needs the --output_dir of the run to continue")
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg.output_dir = f"runs/{cfg.method}-{cfg.dataset}-{stamp}"
-    run_dir = Path(cfg.output_dir)
-    finished = (run_dir / "summary.json").exists()
-    started = (run_dir / "checkpoints").exists()
-    if cfg.resume and not started:
-        raise UserError(f"nothing to resume in {run_dir}: no checkpoints/ folder")
-    if not cfg.resume and (finished or started):
-        state = (
-            "a finished run" if finished else "an unfinished run (continue it with --resume true)"
-        )
-        raise UserError(f"{run_dir} already holds {state}; choose another --output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def validate_names(cfg: TrainConfig) -> None:
-    """Fail on unknown names before any data is loaded or generated."""
-    from ssl_zoo.errors import unknown_choice
-
-    if cfg.method not in METHODS:
-        raise unknown_choice("method", cfg.method, METHODS)
-    if cfg.dataset not in DATASETS:
-        raise unknown_choice("dataset", cfg.dataset, DATASETS)
-
-
-@torch.no_grad()
-def check_views_fit_backbone(backbone, views: list, name: str) -> None:
-    """Fail early, in one line, when the backbone cannot take a crop size (e.g. a fixed-size ViT
-    given DINO's local crops), rather than deep inside the first training step."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        for size in sorted({tuple(v.shape[-2:]) for v in views}):
-            try:
-                backbone(torch.zeros(2, 3, *size))
-            except Exception as err:
-                first_line = (str(err).strip().splitlines() or [""])[0]
-                raise UserError(
-                    f"backbone {name} cannot take {size[0]}x{size[1]}-px views ({first_line}); "
-                    "choose crop sizes it supports (--views.*crop_size*) or another backbone"
-                ) from None
-    finally:
-        backbone.train(was_training)
 
 
 def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
@@ -87,37 +36,13 @@ def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
 def train(cfg: TrainConfig) -> dict:
     start = time.time()
     validate_names(cfg)
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    dataset_info = DATASETS[cfg.dataset]
-    splits = load_splits(
-        cfg.dataset, cfg.data_dir, cfg.image_size, cfg.train_samples, cfg.test_samples, cfg.seed
-    )
-    cifar_stem = cfg.cifar_stem
-    if cifar_stem is None:
-        cifar_stem = default_cifar_stem(cfg.backbone, splits.image_size)
-    spec = BackboneSpec(cfg.backbone, cifar_stem, cfg.pretrained)
-    model = build_method(
-        cfg.method,
-        cfg.method_args,
-        backbone=spec,
-        num_classes=splits.num_classes,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_fraction=cfg.warmup_fraction,
-        knn_k=cfg.knn_k,
-        knn_t=cfg.knn_t,
-        hard_views=cfg.hard_views,
-    )
-    views = build_views(model.views, splits.image_size, dataset_info.normalize, cfg.views)
-    check_views_fit_backbone(model.backbone, views(splits.train[0][0]), cfg.backbone)
-    if cfg.hard_views > 1:
-        views = RepeatedViews(views, cfg.hard_views)
-    model.checkpoint_meta = {"image_size": splits.image_size, "normalize": dataset_info.normalize}
+    parts = build_components(cfg)
+    model, splits = parts.model, parts.splits
     datamodule = SSLDataModule(
-        splits, views, dataset_info.normalize, cfg.batch_size, cfg.num_workers
+        splits, parts.views, parts.normalize, cfg.batch_size, cfg.num_workers
     )
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
 
@@ -178,7 +103,7 @@ def train(cfg: TrainConfig) -> dict:
     save_backbone(
         run_dir / "backbone.pt",
         model.backbone,
-        spec,
+        parts.spec,
         feature_dim=model.feature_dim,
         **model.checkpoint_meta,
         method=cfg.method,

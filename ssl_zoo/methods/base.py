@@ -75,6 +75,9 @@ class SSLMethod(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
         # What evaluate.py needs besides the weights to use a checkpoint (set by the entry point).
         self.checkpoint_meta: dict = {}
+        # Federated clients fit for one round at a time: (steps before this fit, total steps) keeps
+        # warm-up, cosine and momentum on the global schedule instead of restarting every round.
+        self.schedule_offset: tuple[int, int] | None = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ssl_zoo"] = {
@@ -112,6 +115,9 @@ class SSLMethod(L.LightningModule):
         """Fraction of the training schedule done, in [0, 1], by steps or by the time budget."""
         if self._trainer is None:
             return 0.0
+        if self.schedule_offset is not None:
+            done, total = self.schedule_offset
+            return min(1.0, (done + self.global_step) / max(total, 1))
         total = self.trainer.estimated_stepping_batches
         by_steps = self.global_step / total if math.isfinite(total) and total > 0 else 0.0
         by_time = 0.0

@@ -1,0 +1,109 @@
+"""One way to build what a run needs from its config: data splits, backbone spec, the method's
+LightningModule and its views. Used by train.py and federate.py alike, so that centralized,
+embedded-federated and Flower runs train the very same module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ssl_zoo.backbones import BackboneSpec, default_cifar_stem
+from ssl_zoo.config import RunConfig
+from ssl_zoo.data import DATASETS, Splits, load_splits
+from ssl_zoo.errors import UserError, unknown_choice
+from ssl_zoo.methods import METHODS, SSLMethod, build_method
+from ssl_zoo.views import RepeatedViews, build_views
+
+
+@dataclass
+class Components:
+    splits: Splits
+    spec: BackboneSpec
+    model: SSLMethod
+    views: object  # PIL image -> list of view tensors
+    normalize: dict
+
+
+def prepare_run_dir(cfg: RunConfig, progress: str, prefix: str) -> Path:
+    """The run directory; refuses to overwrite a finished or an unfinished run unless resuming.
+
+    `progress` names what an unfinished run leaves behind (its checkpoints), summary.json marks
+    a finished one."""
+    if cfg.output_dir is None:
+        if cfg.resume:
+            raise UserError("--resume true needs the --output_dir of the run to continue")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.output_dir = f"runs/{prefix}{cfg.method}-{cfg.dataset}-{stamp}"
+    run_dir = Path(cfg.output_dir)
+    finished = (run_dir / "summary.json").exists()
+    started = (run_dir / progress).exists()
+    if cfg.resume and not started:
+        raise UserError(f"nothing to resume in {run_dir}: no {progress}")
+    if not cfg.resume and (finished or started):
+        state = "a finished run" if finished else "an unfinished run (continue: --resume true)"
+        raise UserError(f"{run_dir} already holds {state}; choose another --output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def validate_names(cfg: RunConfig) -> None:
+    """Fail on unknown names before any data is loaded or generated."""
+    if cfg.method not in METHODS:
+        raise unknown_choice("method", cfg.method, METHODS)
+    if cfg.dataset not in DATASETS:
+        raise unknown_choice("dataset", cfg.dataset, DATASETS)
+
+
+def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components:
+    validate_names(cfg)
+    normalize = DATASETS[cfg.dataset].normalize
+    if splits is None:
+        splits = load_splits(
+            cfg.dataset, cfg.data_dir, cfg.image_size, cfg.train_samples, cfg.test_samples, cfg.seed
+        )
+    cifar_stem = cfg.cifar_stem
+    if cifar_stem is None:
+        cifar_stem = default_cifar_stem(cfg.backbone, splits.image_size)
+    spec = BackboneSpec(cfg.backbone, cifar_stem, cfg.pretrained)
+    model = build_method(
+        cfg.method,
+        cfg.method_args,
+        backbone=spec,
+        num_classes=splits.num_classes,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_fraction=cfg.warmup_fraction,
+        knn_k=cfg.knn_k,
+        knn_t=cfg.knn_t,
+        hard_views=cfg.hard_views,
+    )
+    model.checkpoint_meta = {"image_size": splits.image_size, "normalize": normalize}
+    views = build_views(model.views, splits.image_size, normalize, cfg.views)
+    check_views_fit_backbone(model.backbone, views(splits.train[0][0]), cfg.backbone)
+    if cfg.hard_views > 1:
+        views = RepeatedViews(views, cfg.hard_views)
+    return Components(splits, spec, model, views, normalize)
+
+
+@torch.no_grad()
+def check_views_fit_backbone(backbone, views: list, name: str) -> None:
+    """Fail early, in one line, when the backbone cannot take a crop size (e.g. a fixed-size ViT
+    given DINO's local crops), rather than deep inside the first training step."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for size in sorted({tuple(v.shape[-2:]) for v in views}):
+            try:
+                backbone(torch.zeros(2, 3, *size))
+            except Exception as err:
+                first_line = (str(err).strip().splitlines() or [""])[0]
+                raise UserError(
+                    f"backbone {name} cannot take {size[0]}x{size[1]}-px views ({first_line}); "
+                    "choose crop sizes it supports (--views.*crop_size*) or another backbone"
+                ) from None
+    finally:
+        backbone.train(was_training)

@@ -1,0 +1,201 @@
+"""Federated SSL: config -> partitioned clients -> FedAvg rounds (embedded loop or Flower) ->
+run directory with rounds.csv, partition.csv/.png, fed_state.pt, backbone.pt and summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as L
+import yaml
+
+from ssl_zoo.backbones import save_backbone
+from ssl_zoo.components import Components, build_components, prepare_run_dir, validate_names
+from ssl_zoo.config import RunConfig, parse_config
+from ssl_zoo.data import dataset_labels
+from ssl_zoo.errors import UserError, run_main, unknown_choice
+from ssl_zoo.federated.partition import PARTITIONS, class_histograms, partition, plot_histograms
+
+ENGINES = ("embedded", "flower")
+
+
+@dataclass
+class FedConfig(RunConfig):
+    """Federated SSL with FedAvg: clients train the same method modules as train.py.
+
+    Args:
+        engine: embedded (one process, runs anywhere) or flower (Flower's simulation engine).
+        num_clients: Number of clients the training split is divided over.
+        partition: iid, dirichlet (non-IID by label proportions) or shards (k classes per client).
+        alpha: Dirichlet concentration; small is skewed, large approaches IID.
+        classes_per_client: Classes per client for the shards partition.
+        rounds: Federated rounds.
+        fraction_fit: Fraction of clients sampled each round.
+        local_epochs: Epochs each sampled client trains per round.
+        min_clients: Fewest clients that must train successfully for a round to count.
+        fedbn: Keep BatchNorm layers local to each client (FedBN).
+        fedprox_mu: Weight of FedProx's proximal term (0: plain FedAvg).
+        compare: A comparison file: several runs side by side and a report (see configs/federated).
+    """
+
+    engine: str = "embedded"
+    num_clients: int = 4
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    rounds: int = 5
+    fraction_fit: float = 1.0
+    local_epochs: int = 1
+    min_clients: int = 1
+    fedbn: bool = False
+    fedprox_mu: float = 0.0
+    compare: str | None = None
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            *super().checks(),
+            (self.alpha > 0, f"alpha must be > 0 (got {self.alpha})"),
+            (self.num_clients >= 1, f"num_clients must be >= 1 (got {self.num_clients})"),
+            (
+                0 < self.fraction_fit <= 1,
+                f"fraction_fit must be in (0, 1] (got {self.fraction_fit})",
+            ),
+            (self.rounds >= 1, f"rounds must be >= 1 (got {self.rounds})"),
+            (self.local_epochs >= 1, f"local_epochs must be >= 1 (got {self.local_epochs})"),
+            (1 <= self.min_clients <= self.num_clients, "min_clients must be in [1, num_clients]"),
+            (self.fedprox_mu >= 0, "fedprox_mu must be >= 0"),
+        ]
+
+    def validate(self) -> None:
+        super().validate()
+        if self.engine not in ENGINES:
+            raise unknown_choice("engine", self.engine, ENGINES)
+        if self.partition not in PARTITIONS:
+            raise unknown_choice("partition", self.partition, PARTITIONS)
+
+
+def build_federation(cfg: FedConfig) -> tuple[Components, list]:
+    parts = build_components(cfg)
+    # Clients hold no labels, so the online probe would never train: drop it.
+    parts.model.probe = None
+    labels = dataset_labels(parts.splits.train)
+    if (labels < 0).any() and cfg.partition != "iid":
+        raise UserError(f"partition {cfg.partition} needs labels; this dataset has none: use iid")
+    clients = partition(
+        labels, cfg.num_clients, cfg.partition, cfg.alpha, cfg.classes_per_client, cfg.seed
+    )
+    return parts, clients
+
+
+def write_partition(run_dir: Path, labels, clients, num_classes: int, title: str):
+    histograms = class_histograms(labels, clients, max(num_classes, 1))
+    with (run_dir / "partition.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["client", "images", *[f"class_{c}" for c in range(histograms.shape[1])]])
+        for client, row in enumerate(histograms):
+            writer.writerow([client, int(row.sum()), *row.tolist()])
+    plot_histograms(histograms, run_dir / "partition.png", title)
+    return histograms
+
+
+class WandbRounds:
+    """One W&B run per experiment: per-round metrics, the partition table and picture."""
+
+    def __init__(self, cfg: FedConfig, run_dir: Path, histograms):
+        import wandb
+
+        from ssl_zoo.loggers import wandb_mode
+
+        self.run = wandb.init(project=cfg.wandb_project, group=cfg.wandb_group,
+                              tags=list(cfg.wandb_tags) or None, name=cfg.wandb_name or run_dir.name,
+                              dir=str(run_dir), mode=wandb_mode(), config=cfg.as_dict(),
+                              job_type="federated")  # fmt: skip
+        columns = ["client", *[f"class_{c}" for c in range(histograms.shape[1])]]
+        table = wandb.Table(
+            columns=columns, data=[[i, *r.tolist()] for i, r in enumerate(histograms)]
+        )
+        self.run.log(
+            {"partition": table, "partition_plot": wandb.Image(str(run_dir / "partition.png"))}
+        )
+
+    def __call__(self, row: dict) -> None:
+        self.run.log({f"round/{k}": v for k, v in row.items() if v is not None}, step=row["round"])
+
+    def finish(self, summary: dict) -> None:
+        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        self.run.finish()
+
+
+def federate(cfg: FedConfig) -> dict:
+    start = time.time()
+    validate_names(cfg)
+    run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="fed-")
+    L.seed_everything(cfg.seed, verbose=False)
+    parts, clients = build_federation(cfg)
+    labels = dataset_labels(parts.splits.train)
+    title = f"{cfg.partition} over {cfg.num_clients} clients" + (
+        f" (alpha {cfg.alpha})" if cfg.partition == "dirichlet" else ""
+    )
+    histograms = write_partition(run_dir, labels, clients, parts.splits.num_classes, title)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+    wandb = WandbRounds(cfg, run_dir, histograms) if cfg.logger == "wandb" else None
+
+    if cfg.engine == "embedded":
+        from ssl_zoo.federated.loop import run_rounds
+
+        state = run_rounds(cfg, parts, clients, run_dir, on_round=wandb)
+    else:
+        from ssl_zoo.federated.flower import run_flower_simulation
+
+        state = run_flower_simulation(cfg, parts, clients, run_dir, on_round=wandb)
+
+    parts.model.load_state_dict(state.global_state)
+    save_backbone(run_dir / "backbone.pt", parts.model.backbone, parts.spec,
+                  feature_dim=parts.model.feature_dim, **parts.model.checkpoint_meta,
+                  method=cfg.method, dataset=cfg.dataset, federated=True)  # fmt: skip
+    rows = state.rows
+    trained = [r for r in rows if r["round"] > 0]
+    summary = {
+        "method": cfg.method,
+        "engine": cfg.engine,
+        "partition": cfg.partition,
+        "num_clients": cfg.num_clients,
+        "rounds": cfg.rounds,
+        "knn_top1_init": rows[0].get("knn_top1"),
+        "knn_top1": rows[-1].get("knn_top1"),
+        "knn_top1_per_round": [r.get("knn_top1") for r in trained],
+        "bytes_up": sum(r["bytes_up"] for r in trained),
+        "bytes_down": sum(r["bytes_down"] for r in trained),
+        "seconds_per_round": round(sum(r["seconds"] for r in trained) / max(len(trained), 1), 1),
+        "run_dir": str(run_dir),
+        "seconds": round(time.time() - start, 1),
+    }
+    if wandb is not None:
+        wandb.finish(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Every client round builds a Trainer; its start-up notes would bury the round progress bar.
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    cfg = parse_config(FedConfig, argv, prog="federate.py")
+    if cfg.compare:
+        from ssl_zoo.federated.compare import compare
+
+        summary = compare(cfg, sys.argv[1:] if argv is None else argv)
+    else:
+        summary = federate(cfg)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def cli() -> None:
+    run_main(main)

@@ -1,0 +1,69 @@
+"""FedAvg over state dicts, weighted by client sample counts, accumulated one client at a time so
+server memory holds one running sum, never one model per client.
+
+What is averaged: every entry of the module's state_dict, i.e. all parameters and the persistent
+buffers: BatchNorm running statistics and, for momentum methods, the target / key / teacher
+networks alongside the online network and predictor. Integer buffers (BatchNorm's
+num_batches_tracked) are not averaged: the largest count is kept. With FedBN the server still
+averages BatchNorm (its kNN monitor needs statistics) but clients keep and use their own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class FedAvg:
+    def __init__(self):
+        self._sums: dict[str, torch.Tensor] = {}
+        self._ints: dict[str, torch.Tensor] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        self.total_weight = 0.0
+        self.clients = 0
+
+    def add(self, state: dict[str, torch.Tensor], weight: float) -> None:
+        if weight <= 0:
+            return
+        for key, value in state.items():
+            value = value.detach().cpu()
+            if value.is_floating_point():
+                contribution = value.double() * weight
+                if key in self._sums:
+                    self._sums[key] += contribution
+                else:
+                    self._sums[key], self._dtypes[key] = contribution, value.dtype
+            else:
+                self._ints[key] = (
+                    torch.maximum(self._ints[key], value) if key in self._ints else value.clone()
+                )
+        self.total_weight += weight
+        self.clients += 1
+
+    def result(self) -> dict[str, torch.Tensor]:
+        if self.total_weight <= 0:
+            raise ValueError("no client updates to average")
+        averaged = {k: (v / self.total_weight).to(self._dtypes[k]) for k, v in self._sums.items()}
+        return {**averaged, **self._ints}
+
+
+def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    accumulator = FedAvg()
+    for state, weight in zip(states, weights, strict=True):
+        accumulator.add(state, weight)
+    return accumulator.result()
+
+
+def batchnorm_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of every BatchNorm layer (weights, biases and running statistics)."""
+    keys = set()
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            prefix = f"{name}." if name else ""
+            keys |= {prefix + k for k in module.state_dict()}
+    return keys
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())

@@ -1,0 +1,176 @@
+"""Several runs side by side: federated runs (methods x partitions) and centralized runs at equal
+total compute, then comparison.csv, comparison.md and comparison.png (kNN top-1 per round).
+
+A comparison file names a base config and a list of runs, each a name plus the options it changes;
+`centralized: true` trains the same method with train.py for rounds x local_epochs x fraction_fit
+epochs, the number of passes over the data the federated clients make together. Flags given on
+the command line next to --compare apply to every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from ssl_zoo.config import RunConfig, TrainConfig, parse_config
+from ssl_zoo.errors import UserError
+
+
+def load_comparison(path: str) -> tuple[str, list[dict]]:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"comparison file not found: {path}")
+    spec = yaml.safe_load(file.read_text()) or {}
+    runs = spec.get("runs") or []
+    if (
+        not spec.get("base")
+        or not runs
+        or not all(isinstance(r, dict) and r.get("name") for r in runs)
+    ):
+        raise UserError(
+            f"{path}: expected 'base: CONFIG' and 'runs:' as a list of {{name: ..., ...}}"
+        )
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: run names must be unique")
+    return spec["base"], runs
+
+
+def cli_overrides(argv: list[str]) -> list[str]:
+    """The command line minus --compare FILE: flags that apply to every run."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--compare":
+            skip = True
+        elif not arg.startswith("--compare="):
+            out.append(arg)
+    return out
+
+
+def centralized_config(fed, run_dir: Path) -> TrainConfig:
+    shared = {f.name: getattr(fed, f.name) for f in fields(RunConfig)}
+    epochs = max(1, round(fed.rounds * fed.local_epochs * fed.fraction_fit))
+    cfg = TrainConfig(**{**shared, "output_dir": str(run_dir), "resume": False}, max_epochs=epochs)
+    cfg.validate()
+    return cfg
+
+
+def centralized_curve(run_dir: Path, epochs_per_round: float) -> list[tuple[float, float]]:
+    """(round-equivalent, kNN top-1) from a train.py run's metrics.csv."""
+    points = []
+    with (run_dir / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row.get("val/knn_top1"):
+                points.append((float(row["epoch"]), float(row["val/knn_top1"])))
+    # The first row is the encoder at initialisation (validated before epoch 0 ends).
+    return [
+        (0.0 if i == 0 else (epoch + 1) / epochs_per_round, knn)
+        for i, (epoch, knn) in enumerate(points)
+    ]
+
+
+def compare(cfg, argv: list[str]) -> dict:
+    from ssl_zoo.federate import FedConfig, federate
+    from ssl_zoo.train import train
+
+    start = time.time()
+    base, runs = load_comparison(cfg.compare)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.output_dir or f"runs/compare-{Path(cfg.compare).stem}-{stamp}")
+    out.mkdir(parents=True, exist_ok=True)
+    common = strip_output_dir(cli_overrides(argv))
+    rows, curves = [], {}
+    for spec in runs:
+        name, options = (
+            spec["name"],
+            {k: v for k, v in spec.items() if k not in ("name", "centralized")},
+        )
+        run_dir = out / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        overrides = run_dir / "overrides.yaml"
+        overrides.write_text(yaml.safe_dump({**options, "output_dir": str(run_dir / "run")}))
+        args = ["--config", base, "--config", str(overrides), *common]
+        fed = parse_config(FedConfig, args, prog="federate.py")
+        fed.wandb_group = fed.wandb_group or out.name
+        fed.wandb_name = name
+        print(f"[compare] {name} ...", flush=True)
+        if spec.get("centralized"):
+            train_cfg = centralized_config(fed, run_dir / "run")
+            summary = train(train_cfg)
+            curve = centralized_curve(run_dir / "run", fed.local_epochs * fed.fraction_fit)
+            rows.append({"name": name, "kind": "centralized", "method": fed.method, "partition": "-",
+                         "rounds": train_cfg.max_epochs, "knn_top1_init": summary["knn_top1_init"],
+                         "knn_top1": summary["knn_top1"], "knn_top1_best": max(k for _, k in curve),
+                         "seconds": summary["seconds"], "bytes_up": 0, "bytes_down": 0})  # fmt: skip
+        else:
+            summary = federate(fed)
+            per_round = summary["knn_top1_per_round"]
+            curve = list(enumerate([summary["knn_top1_init"], *per_round]))
+            rows.append({"name": name, "kind": f"federated ({fed.engine})", "method": fed.method,
+                         "partition": fed.partition, "rounds": fed.rounds,
+                         "knn_top1_init": summary["knn_top1_init"], "knn_top1": summary["knn_top1"],
+                         "knn_top1_best": max(per_round), "seconds": summary["seconds"],
+                         "bytes_up": summary["bytes_up"], "bytes_down": summary["bytes_down"]})  # fmt: skip
+        curves[name] = curve
+    write_reports(out, rows, curves, cfg.compare)
+    return {
+        "compare": cfg.compare,
+        "runs": rows,
+        "run_dir": str(out),
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def strip_output_dir(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--output_dir":
+            skip = True
+        elif not arg.startswith("--output_dir="):
+            out.append(arg)
+    return out
+
+
+def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> None:
+    keys = list(rows[0])
+    with (out / "comparison.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"Comparison from `{source}`, {datetime.now():%Y-%m-%d}.", "",
+             "| run | kind | method | partition | rounds/epochs | kNN init | kNN final | kNN best | s | MB up | MB down |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {r['method']} | {r['partition']} | {r['rounds']} | "
+            f"{r['knn_top1_init']:.3f} | {r['knn_top1']:.3f} | {r['knn_top1_best']:.3f} | "
+            f"{r['seconds']} | {r['bytes_up'] / 1e6:.0f} | {r['bytes_down'] / 1e6:.0f} |"
+        )
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, curve in curves.items():
+        xs, ys = zip(*curve, strict=True)
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    ax.set_xlabel("round (centralized: epochs per round's compute)")
+    ax.set_ylabel("kNN top-1")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "comparison.png")
+    plt.close(fig)
+    (out / "comparison.json").write_text(json.dumps({"rows": rows, "curves": curves}, indent=2))

@@ -1,0 +1,199 @@
+"""Flower engine: a ServerApp and a ClientApp (Message API) around the same client-training and
+aggregation code as the embedded loop.
+
+- `--engine flower` runs both in this process with Flower's simulation runtime (one virtual
+  SuperNode per client, `partition-id` = client number).
+- `server_app` / `client_app` below are the deployable apps for `flwr run` on a SuperLink with
+  SuperNodes (see the README); they read the ssl_zoo config named by the run config key `config`.
+
+Per-client state that must survive rounds (memory banks, FedBN's BatchNorm) lives in
+`context.state`, since a deployed ClientApp runs in a fresh process every round. Flower's own
+FedAvg would also average integer buffers such as BatchNorm's num_batches_tracked; SSLFedAvg
+aggregates with ssl_zoo's FedAvg instead, so both engines produce the same global model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from torch.utils.data import Subset
+
+from ssl_zoo.errors import UserError
+from ssl_zoo.federated.aggregate import FedAvg, batchnorm_keys, state_bytes
+from ssl_zoo.federated.client import fit_client, private_state
+from ssl_zoo.federated.loop import FedState, evaluate_global, save_state, write_rows
+
+log = logging.getLogger("ssl_zoo.federated")
+_CACHE: dict[str, tuple] = {}
+
+
+def _federation(cfg):
+    """Components and partitions, built once per process (Flower calls the app every round)."""
+    from ssl_zoo.federate import build_federation
+
+    key = json.dumps(cfg.as_dict(), sort_keys=True, default=str)
+    if key not in _CACHE:
+        parts, clients = build_federation(cfg)
+        local_keys = batchnorm_keys(parts.model) if cfg.fedbn else set()
+        _CACHE[key] = (parts, clients, local_keys, private_state(parts.model, local_keys))
+    return _CACHE[key]
+
+
+def train_on_client(cfg, msg: Message, context: Context) -> Message:
+    parts, clients, local_keys, initial_private = _federation(cfg)
+    client = int(context.node_config["partition-id"])
+    round_index = int(msg.content["config"]["server-round"]) - 1
+    private = initial_private
+    if "private" in context.state:
+        private = context.state["private"].to_torch_state_dict()
+    update = fit_client(parts.model, msg.content["arrays"].to_torch_state_dict(), private, local_keys,
+                        Subset(parts.splits.train, clients[client].tolist()), parts.views,
+                        parts.normalize, cfg, round_index, client)  # fmt: skip
+    context.state["private"] = ArrayRecord(update.private)
+    metrics = {"num-examples": update.num_examples, "client": client}
+    if update.loss is not None:
+        metrics["train_loss"] = update.loss
+    content = RecordDict({"arrays": ArrayRecord(update.state), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+class SSLFedAvg(FlowerFedAvg):
+    """Flower's FedAvg sampling and messaging with ssl_zoo's aggregation and round log."""
+
+    def __init__(self, cfg, sent_keys: list[str], **kwargs):
+        super().__init__(**kwargs)
+        self.cfg, self.sent_keys = cfg, sent_keys
+        self.round_info: dict = {}
+
+    def aggregate_train(self, server_round: int, replies):
+        tic = time.time()
+        valid, errors = self._check_and_log_replies(replies, is_train=True)
+        accumulator, losses, bytes_up = FedAvg(), [], 0
+        for reply in valid:
+            state = reply.content["arrays"].to_torch_state_dict()
+            metrics = reply.content["metrics"]
+            accumulator.add(state, float(metrics["num-examples"]))
+            bytes_up += state_bytes({k: state[k] for k in self.sent_keys})
+            if "train_loss" in metrics:
+                losses.append(float(metrics["train_loss"]))
+        if accumulator.clients < self.cfg.min_clients:
+            raise UserError(
+                f"round {server_round}: only {accumulator.clients} clients trained "
+                f"(min_clients {self.cfg.min_clients}, {len(errors)} failed)"
+            )
+        averaged = accumulator.result()
+        self.round_info = {
+            "clients": accumulator.clients, "failed": len(errors),
+            "examples": int(accumulator.total_weight),
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "bytes_up": bytes_up,
+            "bytes_down": accumulator.clients * state_bytes({k: averaged[k] for k in self.sent_keys}),
+            "aggregate_seconds": round(time.time() - tic, 4),
+        }  # fmt: skip
+        return ArrayRecord(averaged), MetricRecord({"clients": accumulator.clients})
+
+
+def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
+    """The ServerApp's work: FedAvg rounds with a kNN evaluation of the global model after each."""
+    parts, _, local_keys, _ = _federation(cfg)
+    initial = {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()}
+    state = FedState(0, initial)
+    sent_keys = [k for k in initial if k not in local_keys]
+    strategy = SSLFedAvg(
+        cfg, sent_keys, fraction_train=cfg.fraction_fit, fraction_evaluate=0.0,
+        min_train_nodes=cfg.min_clients, min_available_nodes=cfg.num_clients,
+    )  # fmt: skip
+    round_start = [time.time()]
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        tic = time.time()
+        global_state = arrays.to_torch_state_dict()
+        metrics = evaluate_global(parts, global_state, cfg)
+        row = {"round": server_round, **metrics, "eval_seconds": round(time.time() - tic, 2)}
+        if server_round > 0:
+            row.update(strategy.round_info)
+            row["seconds"] = round(time.time() - round_start[0], 2)
+            row["train_seconds"] = round(row["seconds"] - row["eval_seconds"], 2)
+        state.round, state.global_state = server_round, global_state
+        state.rows.append(row)
+        save_state(run_dir / "fed_state.pt", state)
+        write_rows(run_dir / "rounds.csv", state.rows)
+        if on_round:
+            on_round(row)
+        round_start[0] = time.time()
+        return MetricRecord({k: v for k, v in metrics.items() if v is not None})
+
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=cfg.rounds,
+                   train_config=ConfigRecord({}), evaluate_fn=evaluate)  # fmt: skip
+    return state
+
+
+def run_flower_simulation(cfg, parts, clients, run_dir: Path, on_round=None) -> FedState:
+    if cfg.resume:
+        raise UserError(
+            "--resume is supported by the embedded engine; rerun with --engine embedded"
+        )
+    from flwr.simulation import run_simulation
+
+    _CACHE[json.dumps(cfg.as_dict(), sort_keys=True, default=str)] = (
+        parts, clients, batchnorm_keys(parts.model) if cfg.fedbn else set(),
+        private_state(parts.model, batchnorm_keys(parts.model) if cfg.fedbn else set()),
+    )  # fmt: skip
+    result: dict = {}
+    server = ServerApp()
+    client = ClientApp()
+
+    @server.main()
+    def _server(grid: Grid, context: Context) -> None:
+        result["state"] = run_server(cfg, grid, run_dir, on_round)
+
+    @client.train()
+    def _client(msg: Message, context: Context) -> Message:
+        return train_on_client(cfg, msg, context)
+
+    run_simulation(server_app=server, client_app=client, num_supernodes=cfg.num_clients,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"logging_level": "ERROR", "log_to_driver": False}})  # fmt: skip
+    if "state" not in result:
+        raise UserError(
+            "the Flower simulation ended without finishing its rounds; see the log above"
+        )
+    return result["state"]
+
+
+# ---- deployable apps for `flwr run` ----------------------------------------------------------
+def config_from_run(context: Context):
+    """The ssl_zoo config of a deployed run: YAML named by run config `config`, plus overrides."""
+    from ssl_zoo.config import parse_config
+    from ssl_zoo.federate import FedConfig
+
+    run = dict(context.run_config)
+    args = ["--config", str(run.pop("config"))]
+    for key, value in run.items():
+        args += [f"--{key.replace('-', '_')}", str(value)]
+    return parse_config(FedConfig, args, prog="flower")
+
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+@server_app.main()
+def _deployed_server(grid: Grid, context: Context) -> None:
+    from ssl_zoo.components import prepare_run_dir
+
+    cfg = config_from_run(context)
+    run_server(cfg, grid, prepare_run_dir(cfg, progress="fed_state.pt", prefix="flower-"))
+
+
+@client_app.train()
+def _deployed_client(msg: Message, context: Context) -> Message:
+    return train_on_client(config_from_run(context), msg, context)

@@ -1,0 +1,244 @@
+"""Federated SSL: partitions, FedAvg, FedBN, schedules, failures, resume, engines, bad configs."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, last_json_line, run_script
+
+from ssl_zoo.errors import UserError, run_main
+from ssl_zoo.federate import FedConfig, build_federation
+from ssl_zoo.federate import main as federate_main
+from ssl_zoo.federated.aggregate import FedAvg, batchnorm_keys, fedavg
+from ssl_zoo.federated.client import fit_client, load_private
+from ssl_zoo.federated.partition import class_histograms, partition
+
+TINY = ["--dataset", "synthetic", "--train_samples", "96", "--test_samples", "40",
+        "--backbone", "timm:resnet10t", "--batch_size", "16", "--num_workers", "0", "--knn_k", "10",
+        "--method", "simsiam", "--num_clients", "2", "--rounds", "2", "--partition", "iid",
+        "--optimizer", "adamw", "--lr", "1e-3"]  # fmt: skip
+
+
+def read_rounds(run_dir):
+    with (run_dir / "rounds.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+# ---- partitions -------------------------------------------------------------------------------
+LABELS = np.repeat(np.arange(10), 100)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shards"])
+def test_partitions_are_deterministic_and_cover_every_sample_once(scheme):
+    a = partition(LABELS, 7, scheme, alpha=0.3, classes_per_client=2, seed=5)
+    b = partition(LABELS, 7, scheme, alpha=0.3, classes_per_client=2, seed=5)
+    c = partition(LABELS, 7, scheme, alpha=0.3, classes_per_client=2, seed=6)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+    assert np.array_equal(np.sort(np.concatenate(a)), np.arange(len(LABELS)))
+
+
+def max_class_share(parts):
+    hist = class_histograms(LABELS, parts, 10)
+    hist = hist[hist.sum(1) > 0]
+    return float((hist.max(1) / hist.sum(1)).mean())
+
+
+def test_small_alpha_dirichlet_is_skewed_and_iid_is_not():
+    assert max_class_share(partition(LABELS, 10, "dirichlet", alpha=0.1)) > 0.6
+    assert max_class_share(partition(LABELS, 10, "dirichlet", alpha=100)) < 0.25
+    assert max_class_share(partition(LABELS, 10, "iid")) < 0.25
+
+
+def test_shards_give_each_client_about_k_classes():
+    hist = class_histograms(LABELS, partition(LABELS, 10, "shards", classes_per_client=2), 10)
+    assert ((hist > 0).sum(1) <= 3).all() and (hist > 0).sum(1).mean() <= 2.5
+
+
+# ---- aggregation ------------------------------------------------------------------------------
+def test_fedavg_is_the_sample_weighted_mean_of_parameters_and_batchnorm_buffers():
+    bn_a, bn_b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        bn_a.weight.fill_(1.0), bn_b.weight.fill_(4.0)
+        bn_a.running_mean.fill_(2.0), bn_b.running_mean.fill_(-1.0)
+    bn_a.num_batches_tracked.fill_(3), bn_b.num_batches_tracked.fill_(7)
+    averaged = fedavg([bn_a.state_dict(), bn_b.state_dict()], [10, 30])
+    assert torch.allclose(averaged["weight"], torch.full((3,), (1.0 * 10 + 4.0 * 30) / 40))
+    assert torch.allclose(averaged["running_mean"], torch.full((3,), (2.0 * 10 - 1.0 * 30) / 40))
+    assert averaged["num_batches_tracked"].item() == 7 and averaged["weight"].dtype == torch.float32
+    streaming = FedAvg()
+    streaming.add(bn_a.state_dict(), 10)
+    streaming.add(bn_b.state_dict(), 30)
+    assert all(torch.equal(streaming.result()[k], averaged[k]) for k in averaged)
+
+
+def tiny_federation(*extra):
+    from ssl_zoo.config import parse_config
+
+    cfg = parse_config(FedConfig, [*TINY, *extra], prog="test")
+    return cfg, *build_federation(cfg)
+
+
+def test_momentum_methods_aggregate_online_predictor_and_target():
+    cfg, parts, clients = tiny_federation("--method", "byol", "--rounds", "1")
+    state = parts.model.state_dict()
+    updates = []
+    for client in range(2):
+        images = torch.utils.data.Subset(parts.splits.train, clients[client].tolist())
+        updates.append(fit_client(parts.model, state, {}, set(), images, parts.views, parts.normalize,
+                                  cfg, 0, client))  # fmt: skip
+    averaged = fedavg([u.state for u in updates], [u.num_examples for u in updates])
+    assert set(averaged) == set(state)
+    for prefix in ("backbone.", "prediction_head.", "target_backbone.", "target_projection_head."):
+        key = next(k for k in averaged if k.startswith(prefix) and averaged[k].is_floating_point())
+        a, b = updates[0], updates[1]
+        expected = (a.state[key] * a.num_examples + b.state[key] * b.num_examples) / (
+            a.num_examples + b.num_examples
+        )
+        assert torch.allclose(averaged[key], expected, atol=1e-6), key
+
+
+def test_fedbn_keeps_batchnorm_local_and_schedule_follows_the_global_round():
+    cfg, parts, clients = tiny_federation("--fedbn", "true")
+    model = parts.model
+    local = batchnorm_keys(model)
+    bn = torch.nn.modules.batchnorm._BatchNorm
+    assert local and all(isinstance(model.get_submodule(k.rsplit(".", 1)[0]), bn) for k in local)
+    images = torch.utils.data.Subset(parts.splits.train, clients[0].tolist())
+    update = fit_client(model, model.state_dict(), {}, local, images, parts.views, parts.normalize,
+                        cfg, 1, 0)  # fmt: skip
+    steps = len(images) // 16
+    assert model.schedule_offset == (steps, 2 * steps)  # round 2 of 2 continues the schedule
+    assert set(local) <= set(update.private)
+    other = {k: v + 1.0 if v.is_floating_point() else v for k, v in update.state.items()}
+    model.load_state_dict(other)
+    load_private(model, update.private)
+    key = next(k for k in local if k.endswith("running_mean"))
+    assert torch.equal(model.state_dict()[key], update.private[key])  # the client's own BN
+
+
+# ---- end to end -------------------------------------------------------------------------------
+def test_embedded_run_writes_rounds_partition_and_summary(tmp_path):
+    out = tmp_path / "run"
+    proc = run_script("federate.py", *TINY, "--output_dir", str(out), "--partition", "dirichlet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = last_json_line(proc.stdout)
+    keys = {"method", "engine", "partition", "num_clients", "rounds", "knn_top1_init",
+            "knn_top1_per_round", "bytes_up", "bytes_down", "run_dir", "seconds"}  # fmt: skip
+    assert keys <= set(summary) and len(summary["knn_top1_per_round"]) == 2
+    rows = read_rounds(out)
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert int(rows[1]["bytes_up"]) == int(rows[1]["bytes_down"]) > 1_000_000
+    for name in ("partition.csv", "partition.png", "fed_state.pt", "backbone.pt", "summary.json"):
+        assert (out / name).is_file(), name
+    with (out / "partition.csv").open() as f:
+        assert sum(int(r["images"]) for r in csv.DictReader(f)) == 96
+
+
+def test_a_failing_client_is_dropped_and_too_few_fail_the_run(tmp_path, caplog):
+    """A very skewed Dirichlet split leaves some clients with fewer than two images: their local
+    training fails, the round goes on with the others unless fewer than min_clients remain."""
+    args = [
+        *TINY,
+        "--partition",
+        "dirichlet",
+        "--alpha",
+        "0.05",
+        "--num_clients",
+        "12",
+        "--rounds",
+        "1",
+    ]
+    cfg, parts, clients = tiny_federation(*args[len(TINY) :])
+    starved = [c for c, idx in enumerate(clients) if len(idx) < 2]
+    assert 0 < len(starved) < 6, [len(c) for c in clients]
+    summary = federate_main([*args, "--output_dir", str(tmp_path / "ok"), "--min_clients", "2"])
+    rows = read_rounds(tmp_path / "ok")
+    assert int(rows[1]["failed"]) == len(starved) and int(rows[1]["clients"]) == 12 - len(starved)
+    assert f"client {starved[0]} failed in round 1 and is dropped" in caplog.text
+    assert summary["knn_top1"] is not None
+    with pytest.raises(UserError, match="clients trained .*last good checkpoint \\(round 0\\)"):
+        federate_main([*args, "--output_dir", str(tmp_path / "bad"), "--min_clients", "12"])
+    assert (tmp_path / "bad" / "fed_state.pt").is_file()
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
+    args = [*TINY, "--rounds", "3"]
+    full = federate_main([*args, "--output_dir", str(tmp_path / "full")])
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "federate.py"), *args, "--output_dir", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "rounds.csv").exists() and len(read_rounds(out)) >= 2:  # round 1 is done
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    proc.wait()
+    assert len(read_rounds(out)) < 4, "the run finished before it could be killed"
+    resumed = federate_main([*args, "--output_dir", str(out), "--resume", "true"])
+    assert resumed["knn_top1_per_round"] == full["knn_top1_per_round"]
+    assert resumed["knn_top1_init"] == full["knn_top1_init"]
+
+
+def test_flower_simulation_matches_the_embedded_loop(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in Flower's actors (one CPU each): same float reduction order
+    try:
+        embedded = federate_main([*TINY, "--output_dir", str(tmp_path / "embedded")])
+    finally:
+        torch.set_num_threads(threads)
+    flower = federate_main([*TINY, "--output_dir", str(tmp_path / "flower"), "--engine", "flower"])
+    assert flower["engine"] == "flower" and len(flower["knn_top1_per_round"]) == 2
+    a = torch.load(tmp_path / "embedded" / "fed_state.pt", weights_only=False)["global_state"]
+    b = torch.load(tmp_path / "flower" / "fed_state.pt", weights_only=False)["global_state"]
+    assert set(a) == set(b)
+    # Same seeds, data order, client code and aggregation: bit for bit the same weights. (With
+    # other thread counts, float reductions differ in order: ~1e-3 apart after 2 AdamW rounds.)
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    assert worst == 0.0, worst
+    assert embedded["knn_top1_per_round"] == flower["knn_top1_per_round"]
+
+
+BAD = [
+    (["--alpha", "0"], "alpha must be > 0 (got 0.0)"),
+    (["--num_clients", "500"], "num_clients (500) is more than the samples (96)"),
+    (["--fraction_fit", "0"], "fraction_fit must be in (0, 1] (got 0.0)"),
+    (["--engine", "spark"], "unknown engine 'spark'; valid choices: embedded, flower"),
+    (["--partition", "pathological"], "unknown partition 'pathological'; valid choices: dirichlet, iid, shards"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[a[0] for a, _ in BAD])
+def test_bad_config_is_one_line_and_nonzero(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(federate_main, [*TINY, *args, "--output_dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+
+
+def test_comparison_writes_csv_markdown_and_plot(tmp_path):
+    out = tmp_path / "cmp"
+    spec = tmp_path / "compare.yaml"
+    spec.write_text(
+        "base: configs/federated/quickstart.yaml\n"
+        "runs:\n"
+        "  - {name: fed-iid, partition: iid}\n"
+        "  - {name: central, centralized: true}\n"
+    )
+    summary = federate_main(["--compare", str(spec), "--output_dir", str(out), *TINY,
+                             "--rounds", "2"])  # fmt: skip
+    assert [r["name"] for r in summary["runs"]] == ["fed-iid", "central"]
+    central = summary["runs"][1]
+    assert central["kind"] == "centralized" and central["rounds"] == 2  # epochs of equal compute
+    with (out / "comparison.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert "| fed-iid | federated (embedded) |" in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").stat().st_size > 5_000
+    assert (out / "fed-iid" / "run" / "rounds.csv").is_file()
