@@ -154,6 +154,14 @@ def federate(cfg: FedConfig) -> dict:
 
         state = run_flower_simulation(cfg, parts, clients, run_dir, on_round=wandb)
 
+    summary = finish_run(cfg, parts, state, run_dir, start)
+    if wandb is not None:
+        wandb.finish(summary)
+    return summary
+
+
+def finish_run(cfg: FedConfig, parts: Components, state, run_dir: Path, start: float) -> dict:
+    """backbone.pt of the final global model and summary.json (written last: the run finished)."""
     parts.model.load_state_dict(state.global_state)
     save_backbone(run_dir / "backbone.pt", parts.model.backbone, parts.spec,
                   feature_dim=parts.model.feature_dim, **parts.model.checkpoint_meta,
@@ -175,8 +183,6 @@ def federate(cfg: FedConfig) -> dict:
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),
     }
-    if wandb is not None:
-        wandb.finish(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -184,7 +190,8 @@ def federate(cfg: FedConfig) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Every client round builds a Trainer; its start-up notes would bury the round progress bar.
-    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+    # (lightly installs pytorch_lightning too; Lightning then reports through its loggers.)
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     cfg = parse_config(FedConfig, argv, prog="federate.py")
     if cfg.compare:

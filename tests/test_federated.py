@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,48 @@ def test_comparison_writes_csv_markdown_and_plot(tmp_path):
     assert "| fed-iid | federated (embedded) |" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 5_000
     assert (out / "fed-iid" / "run" / "rounds.csv").is_file()
+
+
+@pytest.mark.slow
+def test_flower_deployment_on_loopback_with_two_supernodes(tmp_path):
+    """The README's multi-machine commands, on one machine: a SuperLink, two SuperNodes with their
+    own partitions, and `flwr run` of flower_app/ (about a minute)."""
+    import os
+    import shutil
+
+    bin_dir = Path(sys.executable).parent
+    if shutil.which("flower-superlink", path=str(bin_dir)) is None:
+        pytest.skip("flower-superlink is not installed beside this Python")
+    home = tmp_path / "flwr"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:8000"\ninsecure = true\n'
+    )
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # fmt: skip
+    config = tmp_path / "tiny.yaml"
+    config.write_text("method: simsiam\ntrain_samples: 96\ntest_samples: 40\nbackbone: timm:resnet10t\n"
+                      "batch_size: 16\nnum_workers: 0\nknn_k: 10\npartition: iid\n")  # fmt: skip
+    started = [subprocess.Popen(["flower-superlink", "--insecure"], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]  # fmt: skip
+    try:
+        time.sleep(5)
+        for node in (0, 1):
+            started.append(subprocess.Popen(
+                ["flower-supernode", "--insecure", "--superlink", "127.0.0.1:8000", "--port", str(9094 + node),
+                 "--node-config", f"partition-id={node} num-partitions=2"],
+                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True))  # fmt: skip
+        out = tmp_path / "run"
+        run = subprocess.run(["flwr", "run", ".", "loopback", "--stream", "--run-config",
+                              f"config='{config}' output-dir='{out}'"],
+                             cwd=ROOT / "flower_app", env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        rows = read_rounds(out)
+        assert [int(r["round"]) for r in rows] == [0, 1, 2] and rows[1]["clients"] == "2"
+        assert (out / "backbone.pt").is_file() and (out / "summary.json").is_file()
+    finally:
+        for proc in started:  # SuperLink and SuperNodes outlive `flwr run`: stop what we started
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in started:
+            proc.wait(timeout=30)

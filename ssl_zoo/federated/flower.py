@@ -189,9 +189,15 @@ client_app = ClientApp()
 @server_app.main()
 def _deployed_server(grid: Grid, context: Context) -> None:
     from ssl_zoo.components import prepare_run_dir
+    from ssl_zoo.federate import finish_run
 
+    start = time.time()
     cfg = config_from_run(context)
-    run_server(cfg, grid, prepare_run_dir(cfg, progress="fed_state.pt", prefix="flower-"))
+    cfg.engine = "flower"
+    run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="flower-")
+    state = run_server(cfg, grid, run_dir)
+    summary = finish_run(cfg, _federation(cfg)[0], state, run_dir, start)
+    log.warning("finished: %s", json.dumps(summary))
 
 
 @client_app.train()
