@@ -1,0 +1,109 @@
+"""What a federated round costs besides local training, and whether server memory grows with the
+number of clients.
+
+For each client count (default 4, 16, 64) a separate process runs the embedded loop on synthetic
+images (the same number of images per client) and reports, per round: local training, aggregation,
+server evaluation, and (de)serialisation of the model as a client transfer would need it
+(torch.save + torch.load of the state dict, once down and once up per client), plus the process's
+peak resident memory.
+
+    python benchmarks/federated_overhead.py [--clients 4,16,64] [--images_per_client 16] [--rounds 2]
+
+Prints a table and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def child(args) -> None:
+    import torch
+
+    from ssl_zoo.config import parse_config
+    from ssl_zoo.federate import FedConfig, federate
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    cfg = parse_config(FedConfig, [
+        "--method", args.method, "--backbone", args.backbone, "--dataset", "synthetic",
+        "--train_samples", str(args.child * args.images_per_client), "--test_samples", "100",
+        "--num_clients", str(args.child), "--partition", "iid", "--rounds", str(args.rounds),
+        "--batch_size", str(args.images_per_client), "--num_workers", "0", "--knn_k", "20",
+        "--min_clients", "1", "--output_dir", str(out),
+    ], prog="overhead")  # fmt: skip
+    summary = federate(cfg)
+    state = torch.load(out / "fed_state.pt", weights_only=False)["global_state"]
+    tic = time.perf_counter()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
+    serialise = (time.perf_counter() - tic) * 2 * args.child  # down and up, every client
+    import csv
+
+    with (out / "rounds.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if int(r["round"]) > 0]
+    mean = lambda key: sum(float(r[key]) for r in rows) / len(rows)  # noqa: E731
+    print(json.dumps({
+        "clients": args.child,
+        "train_s": round(mean("train_seconds"), 3),
+        "aggregate_s": round(mean("aggregate_seconds"), 4),
+        "serialise_s": round(serialise, 4),
+        "eval_s": round(mean("eval_seconds"), 3),
+        "overhead_pct": round(100 * (mean("aggregate_seconds") + serialise) / mean("train_seconds"), 2),
+        "model_mb": round(summary["bytes_up"] / len(rows) / args.child / 1e6, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+    }))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", default="4,16,64")
+    parser.add_argument("--images_per_client", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--method", default="simsiam")
+    parser.add_argument("--backbone", default="timm:resnet10t")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    rows = []
+    for count in [int(c) for c in args.clients.split(",")]:
+        print(f"{count} clients ...", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", str(count)],
+                              capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        if proc.returncode != 0:
+            sys.exit(
+                f"error: the {count}-client run failed: {proc.stderr.strip().splitlines()[-1]}"
+            )
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    header = [
+        "clients",
+        "train_s",
+        "aggregate_s",
+        "serialise_s",
+        "eval_s",
+        "overhead_pct",
+        "model_mb",
+        "peak_rss_mb",
+    ]
+    print(" | ".join(header), file=sys.stderr)
+    for r in rows:
+        print(" | ".join(str(r[h]) for h in header), file=sys.stderr)
+    print(json.dumps({"per_round": rows}))
+
+
+if __name__ == "__main__":
+    main()
