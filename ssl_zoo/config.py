@@ -5,6 +5,7 @@ Configs compose: `--config a.yaml --config b.yaml --lr 0.1` applies a, then b, t
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -142,3 +143,14 @@ def parse_config(config_class: type, argv: list[str] | None, prog: str):
     config = config_class(**values)
     config.validate()
     return config
+
+
+def json_entry_point(config_class: type, run, prog: str):
+    """main(argv) of an entry point: parse the config, run it, end stdout with one JSON line."""
+
+    def main(argv: list[str] | None = None) -> dict:
+        summary = run(parse_config(config_class, argv, prog=prog))
+        print(json.dumps(summary), flush=True)
+        return summary
+
+    return main

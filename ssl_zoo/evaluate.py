@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, load_backbone
-from ssl_zoo.config import LOGGERS, parse_config
+from ssl_zoo.config import LOGGERS, json_entry_point
 from ssl_zoo.data import DATASETS, Transformed, load_splits
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.evaluation.finetune import finetune
@@ -257,11 +257,7 @@ def log_to_wandb(cfg: EvalConfig, summary: dict, out_dir: Path) -> None:
     run.finish()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(EvalConfig, argv, prog="evaluate.py")
-    summary = evaluate(cfg)
-    print(json.dumps(summary), flush=True)
-    return summary
+main = json_entry_point(EvalConfig, evaluate, prog="evaluate.py")
 
 
 def cli() -> None:

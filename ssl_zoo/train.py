@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, prepare_run_dir, validate_names
-from ssl_zoo.config import TrainConfig, parse_config
+from ssl_zoo.config import TrainConfig, json_entry_point
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
@@ -128,11 +128,7 @@ def finish_wandb(logger, run_dir: Path, summary: dict) -> None:
     run.finish()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(TrainConfig, argv, prog="train.py")
-    summary = train(cfg)
-    print(json.dumps(summary), flush=True)
-    return summary
+main = json_entry_point(TrainConfig, train, prog="train.py")
 
 
 def cli() -> None:

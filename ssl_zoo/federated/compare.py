@@ -42,15 +42,15 @@ def load_comparison(path: str) -> tuple[str, list[dict]]:
     return spec["base"], runs
 
 
-def cli_overrides(argv: list[str]) -> list[str]:
-    """The command line minus --compare FILE: flags that apply to every run."""
+def drop_flag(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE`."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--compare":
+        elif arg == flag:
             skip = True
-        elif not arg.startswith("--compare="):
+        elif not arg.startswith(f"{flag}="):
             out.append(arg)
     return out
 
@@ -86,7 +86,8 @@ def compare(cfg, argv: list[str]) -> dict:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.output_dir or f"runs/compare-{Path(cfg.compare).stem}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
-    common = strip_output_dir(cli_overrides(argv))
+    # The command line minus --compare and --output_dir: flags that apply to every run.
+    common = drop_flag(drop_flag(argv, "--compare"), "--output_dir")
     rows, curves = [], {}
     for spec in runs:
         name, options = (
@@ -127,18 +128,6 @@ def compare(cfg, argv: list[str]) -> dict:
         "run_dir": str(out),
         "seconds": round(time.time() - start, 1),
     }
-
-
-def strip_output_dir(args: list[str]) -> list[str]:
-    out, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--output_dir":
-            skip = True
-        elif not arg.startswith("--output_dir="):
-            out.append(arg)
-    return out
 
 
 def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> None:

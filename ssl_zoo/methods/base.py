@@ -10,6 +10,7 @@ instead of being cut off mid-schedule.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import ClassVar
@@ -17,7 +18,11 @@ from typing import ClassVar
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from lightly.models.utils import get_weight_decay_parameters
+from lightly.models.utils import (
+    deactivate_requires_grad,
+    get_weight_decay_parameters,
+    update_momentum,
+)
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import cosine_warmup_schedule
 from lightning.pytorch.callbacks import Timer
@@ -88,6 +93,30 @@ class SSLMethod(L.LightningModule):
     # ---- what a method provides -------------------------------------------------------------
     def ssl_step(self, views: list[Tensor]) -> StepOutput:
         raise NotImplementedError
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, exponential-moving-average copy) module pairs; none for most methods."""
+        return []
+
+    # ---- momentum networks (BYOL's target, MoCo's key encoder, DINO's teacher) ---------------
+    momentum_start: float = 0.99
+
+    @staticmethod
+    def frozen_copy(module: nn.Module) -> nn.Module:
+        """A copy of `module` that receives no gradient: the start of a momentum network."""
+        twin = copy.deepcopy(module)
+        deactivate_requires_grad(twin)
+        return twin
+
+    def on_train_batch_start(self, batch, batch_idx):
+        """Momentum follows a cosine from momentum_start to 1 over training progress:
+        t = m * t + (1 - m) * o for every (online o, copy t) pair, before the step."""
+        pairs = self.momentum_pairs()
+        if pairs:
+            m = self.cosine_progress(self.momentum_start, 1.0)
+            for online, ema in pairs:
+                update_momentum(online, ema, m)
+            self.log("train/momentum", m, on_step=True, on_epoch=False)
 
     def embed(self, x: Tensor) -> Tensor:
         """The vectors a two-view loss compares; Hard View Selection scores pairs with them."""

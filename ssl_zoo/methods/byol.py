@@ -7,12 +7,9 @@ receives no gradient; the loss is the symmetrised negative cosine similarity.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
 
 from ssl_zoo.methods.base import SSLMethod, StepOutput
 
@@ -33,21 +30,16 @@ class BYOL(SSLMethod):
         super().__init__(**kwargs)
         self.projection_head = BYOLProjectionHead(self.feature_dim, proj_hidden_dim, proj_dim)
         self.prediction_head = BYOLPredictionHead(proj_dim, pred_hidden_dim, proj_dim)
-        self.target_backbone = copy.deepcopy(self.backbone)
-        self.target_projection_head = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.target_backbone)
-        deactivate_requires_grad(self.target_projection_head)
+        self.target_backbone = self.frozen_copy(self.backbone)
+        self.target_projection_head = self.frozen_copy(self.projection_head)
         self.momentum_start = momentum_start
         self.criterion = NegativeCosineSimilarity()
 
-    def update_target(self) -> float:
-        m = self.cosine_progress(self.momentum_start, 1.0)
-        update_momentum(self.backbone, self.target_backbone, m)
-        update_momentum(self.projection_head, self.target_projection_head, m)
-        return m
-
-    def on_train_batch_start(self, batch, batch_idx):
-        self.log("train/momentum", self.update_target(), on_step=True, on_epoch=False)
+    def momentum_pairs(self):
+        return [
+            (self.backbone, self.target_backbone),
+            (self.projection_head, self.target_projection_head),
+        ]
 
     def ssl_step(self, views):
         x = torch.cat(views)

@@ -8,11 +8,9 @@ layer of the student head is frozen for the first `freeze_last_layer` epochs, as
 
 from __future__ import annotations
 
-import copy
-
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import deactivate_requires_grad
 
 from ssl_zoo.methods.base import SSLMethod, StepOutput
 
@@ -43,11 +41,10 @@ class DINO(SSLMethod):
         self.projection_head = DINOProjectionHead(
             *head_dims, batch_norm=True, freeze_last_layer=freeze_last_layer
         )
-        self.teacher_backbone = copy.deepcopy(self.backbone)
+        self.teacher_backbone = self.frozen_copy(self.backbone)
         # The head's weight-normalised last layer cannot be deep-copied: build it, copy weights.
         self.teacher_head = DINOProjectionHead(*head_dims, batch_norm=True)
         self.teacher_head.load_state_dict(self.projection_head.state_dict())
-        deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_head)
         self.criterion = DINOLoss(
             output_dim=output_dim,
@@ -63,11 +60,8 @@ class DINO(SSLMethod):
         ramp = min(1.0, self.progress / max(self.teacher_temp_warmup_fraction, 1e-9))
         return self.warmup_teacher_temp + ramp * (self.teacher_temp - self.warmup_teacher_temp)
 
-    def on_train_batch_start(self, batch, batch_idx):
-        m = self.cosine_progress(self.momentum_start, 1.0)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.projection_head, self.teacher_head, m)
-        self.log("train/momentum", m, on_step=True, on_epoch=False)
+    def momentum_pairs(self):
+        return [(self.backbone, self.teacher_backbone), (self.projection_head, self.teacher_head)]
 
     def on_after_backward(self):
         self.projection_head.cancel_last_layer_gradients(self.current_epoch)

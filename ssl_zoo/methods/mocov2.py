@@ -7,17 +7,10 @@ BatchNorm, as in the paper, so the batch statistics cannot leak which key matche
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import (
-    batch_shuffle,
-    batch_unshuffle,
-    deactivate_requires_grad,
-    update_momentum,
-)
+from lightly.models.utils import batch_shuffle, batch_unshuffle
 
 from ssl_zoo.methods.base import SSLMethod, StepOutput
 
@@ -38,20 +31,18 @@ class MoCoV2(SSLMethod):
     ):
         super().__init__(**kwargs)
         self.projection_head = MoCoProjectionHead(self.feature_dim, proj_hidden_dim, proj_dim)
-        self.key_backbone = copy.deepcopy(self.backbone)
-        self.key_projection_head = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.key_backbone)
-        deactivate_requires_grad(self.key_projection_head)
+        self.key_backbone = self.frozen_copy(self.backbone)
+        self.key_projection_head = self.frozen_copy(self.projection_head)
         self.momentum_start = momentum_start
         self.criterion = NTXentLoss(
             temperature=temperature, memory_bank_size=(queue_size, proj_dim)
         )
 
-    def on_train_batch_start(self, batch, batch_idx):
-        m = self.cosine_progress(self.momentum_start, 1.0)
-        update_momentum(self.backbone, self.key_backbone, m)
-        update_momentum(self.projection_head, self.key_projection_head, m)
-        self.log("train/momentum", m, on_step=True, on_epoch=False)
+    def momentum_pairs(self):
+        return [
+            (self.backbone, self.key_backbone),
+            (self.projection_head, self.key_projection_head),
+        ]
 
     def ssl_step(self, views):
         x_query, x_key = views
