@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     # (lightly installs pytorch_lightning too; Lightning then reports through its loggers.)
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
+
     cfg = parse_config(FedConfig, argv, prog="federate.py")
     if cfg.compare:
         from ssl_zoo.federated.compare import compare
