@@ -167,8 +167,8 @@ def _load_torchvision(name: str, data_dir: Path):
     if name in ("cifar10", "cifar100"):
         cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
         train, test = get(cls, train=True), get(cls, train=False)
-        wrap = lambda d: ArrayImages(d.data, d.targets)  # noqa: E731
-        return wrap(train), wrap(train), wrap(test), len(train.classes)
+        images = ArrayImages(train.data, train.targets)
+        return images, images, ArrayImages(test.data, test.targets), len(train.classes)
     # STL-10: learn from train+unlabeled (105k images), monitor with the labeled 5k train split.
     nhwc = lambda d: ArrayImages(d.data.transpose(0, 2, 3, 1), d.labels)  # noqa: E731
     ssl = get(tvd.STL10, split="train+unlabeled")

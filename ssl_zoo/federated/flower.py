@@ -35,16 +35,21 @@ log = logging.getLogger("ssl_zoo.federated")
 _CACHE: dict[str, tuple] = {}
 
 
+def _key(cfg) -> str:
+    return json.dumps(cfg.as_dict(), sort_keys=True, default=str)
+
+
+def _remember(cfg, parts, clients) -> tuple:
+    local_keys = batchnorm_keys(parts.model) if cfg.fedbn else set()
+    _CACHE[_key(cfg)] = (parts, clients, local_keys, private_state(parts.model, local_keys))
+    return _CACHE[_key(cfg)]
+
+
 def _federation(cfg):
     """Components and partitions, built once per process (Flower calls the app every round)."""
     from ssl_zoo.federate import build_federation
 
-    key = json.dumps(cfg.as_dict(), sort_keys=True, default=str)
-    if key not in _CACHE:
-        parts, clients = build_federation(cfg)
-        local_keys = batchnorm_keys(parts.model) if cfg.fedbn else set()
-        _CACHE[key] = (parts, clients, local_keys, private_state(parts.model, local_keys))
-    return _CACHE[key]
+    return _CACHE.get(_key(cfg)) or _remember(cfg, *build_federation(cfg))
 
 
 def train_on_client(cfg, msg: Message, context: Context) -> Message:
@@ -143,10 +148,7 @@ def run_flower_simulation(cfg, parts, clients, run_dir: Path, on_round=None) -> 
         )
     from flwr.simulation import run_simulation
 
-    _CACHE[json.dumps(cfg.as_dict(), sort_keys=True, default=str)] = (
-        parts, clients, batchnorm_keys(parts.model) if cfg.fedbn else set(),
-        private_state(parts.model, batchnorm_keys(parts.model) if cfg.fedbn else set()),
-    )  # fmt: skip
+    _remember(cfg, parts, clients)  # the server thread and in-process clients share them
     result: dict = {}
     server = ServerApp()
     client = ClientApp()

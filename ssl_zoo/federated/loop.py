@@ -25,7 +25,7 @@ from ssl_zoo.components import Components
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.aggregate import FedAvg, batchnorm_keys, state_bytes
-from ssl_zoo.federated.client import fit_client
+from ssl_zoo.federated.client import fit_client, private_state
 
 log = logging.getLogger("ssl_zoo.federated")
 
@@ -103,8 +103,6 @@ def run_rounds(
         if on_round:
             on_round(state.rows[-1])
     # A client's first round starts from the method's initial private state (e.g. empty queues).
-    from ssl_zoo.federated.client import private_state
-
     initial_private = private_state(model, local_keys)
     sent_keys = [k for k in state.global_state if k not in local_keys]
     bar = tqdm(range(state.round + 1, cfg.rounds + 1), desc="rounds", unit="round", initial=state.round,
