@@ -112,7 +112,7 @@ def run_rounds(
         clients = sample_clients(
             cfg.num_clients, cfg.fraction_fit, cfg.min_clients, cfg.seed, round_number
         )
-        accumulator, failed, losses, bytes_up = FedAvg(), [], [], 0
+        accumulator, failed, losses, bytes_up, aggregate_seconds = FedAvg(), [], [], 0, 0.0
         for position, client in enumerate(clients):
             bar.set_postfix_str(f"client {position + 1}/{len(clients)}")
             images = Subset(parts.splits.train, client_indices[client].tolist())
@@ -127,12 +127,14 @@ def run_rounds(
                 )
                 failed.append(client)
                 continue
+            tic = time.time()
             accumulator.add(update.state, update.num_examples)
+            aggregate_seconds += time.time() - tic
             state.private[client] = update.private
             bytes_up += state_bytes({k: update.state[k] for k in sent_keys})
             if update.loss is not None:
                 losses.append(update.loss)
-        train_seconds = time.time() - start
+        train_seconds = time.time() - start - aggregate_seconds
         if accumulator.clients < cfg.min_clients:
             raise UserError(
                 f"round {round_number}: only {accumulator.clients} of {len(clients)} clients trained "
@@ -141,7 +143,7 @@ def run_rounds(
             )
         tic = time.time()
         state.global_state = accumulator.result()
-        aggregate_seconds = time.time() - tic
+        aggregate_seconds += time.time() - tic
         tic = time.time()
         metrics = evaluate_global(parts, state.global_state, cfg)
         bytes_down = len(clients) * state_bytes({k: state.global_state[k] for k in sent_keys})
