@@ -288,3 +288,17 @@ def test_flower_deployment_on_loopback_with_two_supernodes(tmp_path):
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in started:
             proc.wait(timeout=30)
+
+
+def test_wandb_offline_run_has_rounds_and_the_partition_table(tmp_path, monkeypatch):
+    from wandb_records import history_keys
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    federate_main(
+        [*TINY, "--rounds", "1", "--logger", "wandb", "--output_dir", str(tmp_path / "run")]
+    )
+    (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/*.wandb")
+    keys = history_keys(run_file)
+    assert {"round/knn_top1", "round/bytes_up", "partition/_type"} <= keys, keys  # the table
