@@ -1,8 +1,9 @@
 """Training throughput in views per second, three ways, interleaved so machine noise cancels:
 
 - limit:     the backbone's forward + backward + optimizer step on ready-made tensors;
-- ssl_zoo:   the full SSL step as train.py runs it (DataModule, lightly views in DataLoader
-             workers, the method's LightningModule inside a Lightning Trainer);
+- ssl_zoo:   the full SSL step as train.py runs it (DataModule, batched views on the training
+             device, the method's LightningModule inside a Lightning Trainer); `--augment pil`
+             measures the PIL path (lightly views in DataLoader workers) instead;
 - reference: lightly's example recipe: the same backbone, head and loss in a plain PyTorch loop,
              PIL transforms from lightly.transforms in DataLoader workers.
 
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from ssl_zoo.components import build_components  # noqa: E402
 from ssl_zoo.config import TrainConfig  # noqa: E402
 from ssl_zoo.data import SSLDataModule, Transformed, collate_views  # noqa: E402
+from ssl_zoo.views import build_views  # noqa: E402
 
 
 def views_per_step(batch, n_views) -> int:
@@ -39,14 +41,20 @@ def views_per_step(batch, n_views) -> int:
 
 
 def time_limit(parts, cfg, device, steps: int, warmup: int) -> float:
-    """Backbone alone on ready-made tensors shaped like the views."""
-    backbone = parts.model.backbone.to(device).train()
+    """Backbone alone on ready-made tensors shaped like the views, in the memory format the
+    method trains in (so the ratio measures the pipeline, not the format)."""
+    fmt = parts.model.memory_format
+    backbone = parts.model.backbone.to(device, memory_format=fmt).train()
     opt = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9)
-    sample = parts.views(parts.splits.train[0][0])
+    sample = build_views(parts.model.views, parts.splits.image_size, parts.normalize, cfg.views)(
+        parts.splits.train[0][0]
+    )
     shapes = [tuple(v.shape) for v in sample]
     # Views of one size go through the backbone together, as the methods do.
     inputs = [
-        torch.randn(cfg.batch_size * shapes.count(s), *s, device=device)
+        torch.randn(cfg.batch_size * shapes.count(s), *s, device=device).contiguous(
+            memory_format=fmt
+        )
         for s in sorted(set(shapes))
     ]
     elapsed = 0.0
@@ -87,14 +95,20 @@ def time_ssl_zoo(parts, cfg, device, steps: int, warmup: int) -> float:
                         callbacks=[timer])  # fmt: skip
     trainer.fit(parts.model, datamodule=datamodule)
     elapsed = time.perf_counter() - timer.start
-    n_views = len(parts.views(parts.splits.train[0][0]))
+    n_views = len(
+        build_views(parts.model.views, parts.splits.image_size, parts.normalize, cfg.views)(
+            parts.splits.train[0][0]
+        )
+    )
     return timer.steps * cfg.batch_size * n_views / elapsed
 
 
 def time_reference(parts, cfg, device, steps: int, warmup: int) -> float:
-    """lightly's example loop: same modules and loss, PIL transforms in DataLoader workers."""
+    """lightly's example loop: same modules and loss, PIL transforms in DataLoader workers,
+    default (NCHW) memory format."""
     model = parts.model.to(device).train()
-    loader = DataLoader(Transformed(parts.splits.train, parts.views), batch_size=cfg.batch_size,
+    views = build_views(parts.model.views, parts.splits.image_size, parts.normalize, cfg.views)
+    loader = DataLoader(Transformed(parts.splits.train, views), batch_size=cfg.batch_size,
                         shuffle=True, drop_last=True, num_workers=cfg.num_workers,
                         collate_fn=collate_views, persistent_workers=cfg.num_workers > 0)  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
@@ -137,12 +151,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--augment", default="batched", choices=["batched", "pil"])
+    parser.add_argument("--channels_last", type=int, default=1, choices=[0, 1])
     args = parser.parse_args()
     device = torch.device(args.device)
     samples = args.batch_size * (args.steps + args.warmup + 1)
     cfg = TrainConfig(method=args.method, backbone=args.backbone, batch_size=args.batch_size,
                       dataset=args.dataset, data_dir=args.data_dir, train_samples=samples,
-                      test_samples=10, num_workers=args.num_workers, views={"gaussian_blur": 0.0})  # fmt: skip
+                      test_samples=10, num_workers=args.num_workers, views={"gaussian_blur": 0.0},
+                      augment=args.augment, channels_last=bool(args.channels_last))  # fmt: skip
     results: dict[str, list[float]] = {"limit": [], "ssl_zoo": [], "reference": []}
     for round_index in range(args.rounds):
         for name, fn in (
@@ -172,6 +189,8 @@ def main() -> None:
         "method": args.method,
         "backbone": args.backbone,
         "batch_size": args.batch_size,
+        "augment": args.augment,
+        "channels_last": bool(args.channels_last),
         "limit_views_per_s": round(median["limit"], 1),
         "ssl_zoo_views_per_s": round(median["ssl_zoo"], 1),
         "reference_views_per_s": round(median["reference"], 1),

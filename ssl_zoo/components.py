@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ssl_zoo.backbones import BackboneSpec, default_cifar_stem
+from ssl_zoo.batch_views import BatchViews
 from ssl_zoo.config import RunConfig
 from ssl_zoo.data import DATASETS, Splits, load_splits
 from ssl_zoo.errors import UserError, unknown_choice
@@ -23,7 +24,7 @@ class Components:
     splits: Splits
     spec: BackboneSpec
     model: SSLMethod
-    views: object  # PIL image -> list of view tensors
+    views: object  # BatchViews (uint8 batch -> view batches) or a PIL image -> view tensors
     normalize: dict
 
 
@@ -80,11 +81,14 @@ def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components
         knn_k=cfg.knn_k,
         knn_t=cfg.knn_t,
         hard_views=cfg.hard_views,
+        channels_last=cfg.channels_last,
     )
     model.checkpoint_meta = {"image_size": splits.image_size, "normalize": normalize}
     views = build_views(model.views, splits.image_size, normalize, cfg.views)
     check_views_fit_backbone(model.backbone, views(splits.train[0][0]), cfg.backbone)
-    if cfg.hard_views > 1:
+    if cfg.augment == "batched":
+        views = BatchViews.from_lightly(views, repeats=cfg.hard_views)
+    elif cfg.hard_views > 1:
         views = RepeatedViews(views, cfg.hard_views)
     return Components(splits, spec, model, views, normalize)
 

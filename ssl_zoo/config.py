@@ -14,6 +14,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from ssl_zoo.errors import UserError
 
 LOGGERS = ("csv", "wandb")
+AUGMENT = ("batched", "pil")
 
 
 @dataclass
@@ -29,9 +30,12 @@ class RunConfig:
         train_samples: Use at most this many training images (synthetic: generate this many).
         test_samples: Use at most this many test images for the monitor (synthetic: generate this many).
         views: Options of the method's lightly view transform (e.g. gaussian_blur, min_scale).
+        augment: batched (lightly's views as tensor ops on in-memory uint8 batches, on the training
+            device) or pil (lightly's PIL transforms in DataLoader workers, for data too big for memory).
         hard_views: Hard View Selection: draw N view pairs per image, train on the hardest (1: off).
         backbone: resnet18/resnet34/resnet50 (torchvision) or timm:<model name>.
         cifar_stem: 3x3 stride-1 stem without max-pool for torchvision ResNets; default: on for <=64 px.
+        channels_last: Train in NHWC memory format (faster convolutions on CPU and GPU).
         pretrained: Start from the backbone's pretrained weights (needs them downloaded).
         batch_size: Images per step (each yields two or more views).
         optimizer: sgd, lars or adamw.
@@ -61,10 +65,12 @@ class RunConfig:
     train_samples: int | None = None
     test_samples: int | None = None
     views: dict[str, Any] = field(default_factory=dict)
+    augment: str = "batched"
     hard_views: int = 1
     backbone: str = "resnet18"
     cifar_stem: bool | None = None
     pretrained: bool = False
+    channels_last: bool = True
     batch_size: int = 256
     optimizer: str = "sgd"
     lr: float = 0.06
@@ -91,6 +97,7 @@ class RunConfig:
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.knn_k >= 1 and self.knn_t > 0, "knn_k must be >= 1 and knn_t > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.augment in AUGMENT, f"augment must be one of {', '.join(AUGMENT)}"),
             (self.hard_views >= 1, f"hard_views must be >= 1 (got {self.hard_views})"),
             (self.dataset != "imagefolder" or self.data_dir, "imagefolder needs --data_dir DIR"),
         ]

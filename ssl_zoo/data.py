@@ -14,8 +14,17 @@ from pathlib import Path
 import lightning.pytorch as L
 import numpy as np
 import torch
+import torchvision.transforms as T
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
+from tqdm.auto import tqdm
 
 from ssl_zoo import synthetic
 from ssl_zoo.errors import UserError, unknown_choice
@@ -97,6 +106,19 @@ class Transformed(Dataset):
     def __getitem__(self, index: int):
         image, label = self.base[index]
         return self.transform(image), label
+
+
+class Unlabeled(Dataset):
+    """A split with its labels hidden (-1): what a federated client may see."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return self.base[index][0], -1
 
 
 def _subsample(dataset: Dataset | None, limit: int | None, seed: int) -> Dataset | None:
@@ -215,7 +237,59 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
         return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
     if isinstance(dataset, ArrayImages | ImageFiles):
         return np.asarray(dataset.labels, dtype=np.int64)
+    if isinstance(dataset, Unlabeled):
+        return np.full(len(dataset), -1, dtype=np.int64)
     return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
+
+
+MAX_IN_MEMORY_BYTES = 16 * 2**30
+
+
+def uint8_images(dataset: Dataset, size: int) -> torch.Tensor:
+    """A split as one uint8 tensor (N, 3, size, size), decoded once and cached on the dataset.
+
+    Images of another size are resized (shorter side) and centre-cropped, as the evaluation
+    transform does, so the cache also serves the kNN monitor unchanged."""
+    if isinstance(dataset, Subset):
+        return uint8_images(dataset.dataset, size)[torch.as_tensor(dataset.indices)]
+    if isinstance(dataset, Unlabeled):
+        return uint8_images(dataset.base, size)
+    cache = dataset.__dict__.setdefault("_uint8", {})
+    if size in cache:
+        return cache[size]
+    if isinstance(dataset, ArrayImages) and dataset.images.shape[1:3] == (size, size):
+        cache[size] = torch.from_numpy(dataset.images).permute(0, 3, 1, 2)  # a view, no copy
+        return cache[size]
+    needed = len(dataset) * 3 * size * size
+    if needed > MAX_IN_MEMORY_BYTES:
+        raise UserError(
+            f"{len(dataset)} images of {size} px need {needed / 2**30:.1f} GiB in memory for "
+            "batched augmentation; use --augment pil"
+        )
+    fit = T.Compose([T.Resize(size), T.CenterCrop(size)])
+    out = torch.empty(len(dataset), 3, size, size, dtype=torch.uint8)
+    for i in tqdm(range(len(dataset)), desc="decoding images", unit="img", mininterval=2,
+                  disable=len(dataset) < 5000):  # fmt: skip
+        image = dataset[i][0]
+        if image.size != (size, size):
+            image = fit(image)
+        out[i] = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+    cache[size] = out
+    return out
+
+
+class IndexedBatches(Dataset):
+    """Whole batches out of in-memory tensors: indexed by a list of indices (a BatchSampler)."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray):
+        self.images, self.labels = images, torch.as_tensor(labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices):
+        index = torch.as_tensor(indices)
+        return self.images[index].contiguous(), self.labels[index]
 
 
 def collate_views(batch):
@@ -225,7 +299,11 @@ def collate_views(batch):
 
 
 class SSLDataModule(L.LightningDataModule):
-    """Serves augmented views for training and, when labels exist, [bank, test] for validation."""
+    """Serves augmented views for training and, when labels exist, [bank, test] for validation.
+
+    With batched views (ssl_zoo.batch_views) every split is held in memory as uint8 and batches
+    are augmented (training) or normalised (validation) after they reach the training device;
+    with lightly's PIL views, DataLoader workers augment image by image."""
 
     def __init__(self, splits: Splits, views, normalize: dict, batch_size: int, num_workers: int):
         super().__init__()
@@ -241,12 +319,23 @@ class SSLDataModule(L.LightningDataModule):
                 "images); lower --batch_size"
             )
         self.normalize = normalize
+        self.batched = getattr(views, "batched", False)
 
     @property
     def has_monitor(self) -> bool:
         return self.splits.bank is not None and self.splits.num_classes > 0
 
     def _loader(self, dataset: Dataset, train: bool, collate=None) -> DataLoader:
+        if self.batched:
+            images = uint8_images(dataset, self.splits.image_size)
+            batches = IndexedBatches(images, dataset_labels(dataset))
+            order = RandomSampler(batches) if train else SequentialSampler(batches)
+            return DataLoader(
+                batches,
+                sampler=BatchSampler(order, self.batch_size, drop_last=train),
+                batch_size=None,
+                pin_memory=torch.cuda.is_available(),
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -259,13 +348,33 @@ class SSLDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.batched:
+            return self._loader(self.splits.train, True)
         return self._loader(Transformed(self.splits.train, self.views), True, collate_views)
 
     def val_dataloader(self) -> list[DataLoader]:
         if not self.has_monitor:
             return []
+        if self.batched:
+            return [self._loader(self.splits.bank, False), self._loader(self.splits.test, False)]
         transform = eval_transform(self.splits.image_size, self.normalize)
         return [
             self._loader(Transformed(self.splits.bank, transform), False),
             self._loader(Transformed(self.splits.test, transform), False),
         ]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not self.batched:
+            return batch
+        images, labels = batch
+        self.views.to(images.device)
+        if self.trainer is not None and self.trainer.training:
+            return self.views(images), labels
+        return normalized(images, self.normalize), labels
+
+
+def normalized(images: torch.Tensor, normalize: dict) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, normalised as the evaluation transform does."""
+    mean = torch.tensor(normalize["mean"], device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(normalize["std"], device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std

@@ -91,7 +91,7 @@ def test_momentum_methods_aggregate_online_predictor_and_target():
     updates = []
     for client in range(2):
         images = torch.utils.data.Subset(parts.splits.train, clients[client].tolist())
-        updates.append(fit_client(parts.model, state, {}, set(), images, parts.views, parts.normalize,
+        updates.append(fit_client(parts.model, state, {}, set(), images, parts.views, parts.normalize, 32,
                                   cfg, 0, client))  # fmt: skip
     averaged = fedavg([u.state for u in updates], [u.num_examples for u in updates])
     assert set(averaged) == set(state)
@@ -111,7 +111,7 @@ def test_fedbn_keeps_batchnorm_local_and_schedule_follows_the_global_round():
     bn = torch.nn.modules.batchnorm._BatchNorm
     assert local and all(isinstance(model.get_submodule(k.rsplit(".", 1)[0]), bn) for k in local)
     images = torch.utils.data.Subset(parts.splits.train, clients[0].tolist())
-    update = fit_client(model, model.state_dict(), {}, local, images, parts.views, parts.normalize,
+    update = fit_client(model, model.state_dict(), {}, local, images, parts.views, parts.normalize, 32,
                         cfg, 1, 0)  # fmt: skip
     steps = len(images) // 16
     assert model.schedule_offset == (steps, 2 * steps)  # round 2 of 2 continues the schedule

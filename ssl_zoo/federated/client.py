@@ -14,19 +14,8 @@ import lightning.pytorch as L
 import torch
 from torch.utils.data import Dataset
 
-from ssl_zoo.data import Splits, SSLDataModule
+from ssl_zoo.data import Splits, SSLDataModule, Unlabeled
 from ssl_zoo.methods import SSLMethod
-
-
-class Unlabeled(Dataset):
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        return self.base[index][0], -1
 
 
 class FedProx(L.Callback):
@@ -79,6 +68,7 @@ def fit_client(
     images: Dataset,
     views,
     normalize: dict,
+    image_size: int,
     cfg,
     round_index: int,
     client: int,
@@ -93,7 +83,7 @@ def fit_client(
     load_private(model, private)
     model.schedule_offset = (round_index * steps_per_round, cfg.rounds * steps_per_round)
     L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)
-    splits = Splits(Unlabeled(images), None, None, 0, 0)
+    splits = Splits(Unlabeled(images), None, None, 0, image_size)
     datamodule = SSLDataModule(splits, views, normalize, batch_size, cfg.num_workers)
     trainer = L.Trainer(
         max_epochs=cfg.local_epochs,

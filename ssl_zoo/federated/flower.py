@@ -61,7 +61,7 @@ def train_on_client(cfg, msg: Message, context: Context) -> Message:
         private = context.state["private"].to_torch_state_dict()
     update = fit_client(parts.model, msg.content["arrays"].to_torch_state_dict(), private, local_keys,
                         Subset(parts.splits.train, clients[client].tolist()), parts.views,
-                        parts.normalize, cfg, round_index, client)  # fmt: skip
+                        parts.normalize, parts.splits.image_size, cfg, round_index, client)  # fmt: skip
     context.state["private"] = ArrayRecord(update.private)
     metrics = {"num-examples": update.num_examples, "client": client}
     if update.loss is not None:

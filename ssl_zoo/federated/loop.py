@@ -118,7 +118,7 @@ def run_rounds(
             images = Subset(parts.splits.train, client_indices[client].tolist())
             try:
                 update = fit_client(model, state.global_state, state.private.get(client, initial_private),
-                                    local_keys, images, parts.views, parts.normalize, cfg,
+                                    local_keys, images, parts.views, parts.normalize, parts.splits.image_size, cfg,
                                     round_number - 1, client)  # fmt: skip
             except Exception as err:  # a failing client must not take the round down with it
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]

@@ -62,6 +62,7 @@ class SSLMethod(L.LightningModule):
         knn_k: int = 200,
         knn_t: float = 0.1,
         hard_views: int = 1,
+        channels_last: bool = True,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -76,6 +77,8 @@ class SSLMethod(L.LightningModule):
         if hard_views > 1 and not self.two_views:
             raise UserError(f"--hard_views needs a two-view method; {type(self).__name__} is not")
         self.hard_views = hard_views
+        # NHWC convolutions run about 1.2x faster than NCHW here (mkldnn) and on GPUs with AMP.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._val_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self.last_metrics: dict[str, float] = {}
         # What evaluate.py needs besides the weights to use a checkpoint (set by the entry point).
@@ -188,8 +191,12 @@ class SSLMethod(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- training -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        self.to(memory_format=self.memory_format)
+
     def training_step(self, batch, batch_idx):
         views, labels = batch
+        views = [v.contiguous(memory_format=self.memory_format) for v in views]
         if self.hard_views > 1:
             views = self.select_hard_views(views)
         out = self.ssl_step(views)
@@ -217,7 +224,7 @@ class SSLMethod(L.LightningModule):
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         images, labels = batch
-        features = self.backbone(images)
+        features = self.backbone(images.contiguous(memory_format=self.memory_format))
         self._val_outputs.setdefault(dataloader_idx, []).append((features.float(), labels))
 
     def on_validation_epoch_end(self) -> None:
