@@ -7,8 +7,10 @@ import torch
 from conftest import last_json_line, run_script, tiny_args
 from wandb_records import history_keys
 
+from ssl_zoo.config import TrainConfig, parse_config
 from ssl_zoo.errors import run_main
 from ssl_zoo.loggers import read_csv_rows
+from ssl_zoo.methods import METHODS
 from ssl_zoo.train import main
 
 SUMMARY_KEYS = {"method", "dataset", "backbone", "epochs", "knn_top1_init", "knn_top1", "run_dir",
@@ -125,3 +127,20 @@ def test_unreadable_image_in_a_worker_names_its_path(tmp_path, image_folder):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot read image") and "broken.png" in last, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_configs_hold_the_cpu_recipe_and_compose_with_the_gpu_setting(method):
+    path = f"configs/methods/{method}.yaml"
+    cpu = parse_config(TrainConfig, ["--config", path], "train.py")
+    assert cpu.method == method and cpu.optimizer == "adamw" and cpu.batch_size == 256
+    gpu = parse_config(TrainConfig, ["--config", path, "--config", "configs/gpu/cifar10.yaml"],
+                       "train.py")  # fmt: skip
+    assert (gpu.method, gpu.method_args, gpu.views) == (method, cpu.method_args, cpu.views)
+    assert (gpu.dataset, gpu.backbone, gpu.optimizer, gpu.max_epochs) == (
+        "cifar10",
+        "resnet18",
+        "sgd",
+        200,
+    )
+    assert gpu.lr == pytest.approx(0.06 * gpu.batch_size / 128) and gpu.weight_decay == 5e-4
