@@ -36,8 +36,9 @@ from ssl_zoo.data import SSLDataModule, Transformed, collate_views  # noqa: E402
 from ssl_zoo.views import build_views  # noqa: E402
 
 
-def views_per_step(batch, n_views) -> int:
-    return batch * n_views
+def pil_views(parts, cfg):
+    """lightly's PIL transform of the method: what the reference runs, and the views' shapes."""
+    return build_views(parts.model.views, parts.splits.image_size, parts.normalize, cfg.views)
 
 
 def time_limit(parts, cfg, device, steps: int, warmup: int) -> float:
@@ -46,10 +47,7 @@ def time_limit(parts, cfg, device, steps: int, warmup: int) -> float:
     fmt = parts.model.memory_format
     backbone = parts.model.backbone.to(device, memory_format=fmt).train()
     opt = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9)
-    sample = build_views(parts.model.views, parts.splits.image_size, parts.normalize, cfg.views)(
-        parts.splits.train[0][0]
-    )
-    shapes = [tuple(v.shape) for v in sample]
+    shapes = [tuple(v.shape) for v in pil_views(parts, cfg)(parts.splits.train[0][0])]
     # Views of one size go through the backbone together, as the methods do.
     inputs = [
         torch.randn(cfg.batch_size * shapes.count(s), *s, device=device).contiguous(
@@ -95,11 +93,7 @@ def time_ssl_zoo(parts, cfg, device, steps: int, warmup: int) -> float:
                         callbacks=[timer])  # fmt: skip
     trainer.fit(parts.model, datamodule=datamodule)
     elapsed = time.perf_counter() - timer.start
-    n_views = len(
-        build_views(parts.model.views, parts.splits.image_size, parts.normalize, cfg.views)(
-            parts.splits.train[0][0]
-        )
-    )
+    n_views = len(pil_views(parts, cfg)(parts.splits.train[0][0]))
     return timer.steps * cfg.batch_size * n_views / elapsed
 
 
@@ -107,7 +101,7 @@ def time_reference(parts, cfg, device, steps: int, warmup: int) -> float:
     """lightly's example loop: same modules and loss, PIL transforms in DataLoader workers,
     default (NCHW) memory format."""
     model = parts.model.to(device).train()
-    views = build_views(parts.model.views, parts.splits.image_size, parts.normalize, cfg.views)
+    views = pil_views(parts, cfg)
     loader = DataLoader(Transformed(parts.splits.train, views), batch_size=cfg.batch_size,
                         shuffle=True, drop_last=True, num_workers=cfg.num_workers,
                         collate_fn=collate_views, persistent_workers=cfg.num_workers > 0)  # fmt: skip

@@ -149,7 +149,7 @@ def crop_boxes(n: int, height: int, width: int, scale, ratio, device, attempts: 
     h = torch.where(none, torch.full_like(h, fh), h)
     top = torch.floor(torch.rand(n, device=device) * (height - h + 1))
     left = torch.floor(torch.rand(n, device=device) * (width - w + 1))
-    top = torch.where(none, torch.full_like(top, 0.0) + (height - h).div(2).floor(), top)
+    top = torch.where(none, (height - h).div(2).floor(), top)
     left = torch.where(none, (width - w).div(2).floor(), left)
     return torch.stack([top, left, h, w], dim=1)
 
