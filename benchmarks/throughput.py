@@ -9,6 +9,7 @@
 
     python benchmarks/throughput.py [--method simclr] [--backbone timm:resnet18] [--batch_size 256]
                                     [--steps 8] [--rounds 3] [--device cpu|cuda] [--num_workers 2]
+                                    [--augment batched|pil] [--channels_last 1|0] [--compile 0|1]
 
 Prints a table and ends with one JSON line.
 """
@@ -43,9 +44,11 @@ def pil_views(parts, cfg):
 
 def time_limit(parts, cfg, device, steps: int, warmup: int) -> float:
     """Backbone alone on ready-made tensors shaped like the views, in the memory format the
-    method trains in (so the ratio measures the pipeline, not the format)."""
+    method trains in and compiled when it is (so the ratio measures the pipeline, not these)."""
     fmt = parts.model.memory_format
     backbone = parts.model.backbone.to(device, memory_format=fmt).train()
+    if cfg.compile:
+        backbone.compile()
     opt = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9)
     shapes = [tuple(v.shape) for v in pil_views(parts, cfg)(parts.splits.train[0][0])]
     # Views of one size go through the backbone together, as the methods do.
@@ -147,13 +150,15 @@ def main() -> None:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--augment", default="batched", choices=["batched", "pil"])
     parser.add_argument("--channels_last", type=int, default=1, choices=[0, 1])
+    parser.add_argument("--compile", type=int, default=0, choices=[0, 1])
     args = parser.parse_args()
     device = torch.device(args.device)
     samples = args.batch_size * (args.steps + args.warmup + 1)
     cfg = TrainConfig(method=args.method, backbone=args.backbone, batch_size=args.batch_size,
                       dataset=args.dataset, data_dir=args.data_dir, train_samples=samples,
                       test_samples=10, num_workers=args.num_workers, views={"gaussian_blur": 0.0},
-                      augment=args.augment, channels_last=bool(args.channels_last))  # fmt: skip
+                      augment=args.augment, channels_last=bool(args.channels_last),
+                      compile=bool(args.compile))  # fmt: skip
     results: dict[str, list[float]] = {"limit": [], "ssl_zoo": [], "reference": []}
     for round_index in range(args.rounds):
         for name, fn in (
@@ -185,6 +190,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "augment": args.augment,
         "channels_last": bool(args.channels_last),
+        "compile": bool(args.compile),
         "limit_views_per_s": round(median["limit"], 1),
         "ssl_zoo_views_per_s": round(median["ssl_zoo"], 1),
         "reference_views_per_s": round(median["reference"], 1),

@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -24,6 +25,7 @@ class BackboneSpec:
     name: str
     cifar_stem: bool = False
     pretrained: bool = False
+    args: dict[str, Any] = field(default_factory=dict)  # constructor keywords, e.g. output_stride
 
 
 def valid_names() -> list[str]:
@@ -40,13 +42,17 @@ def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
     if spec.name.startswith(TIMM_PREFIX):
         if spec.cifar_stem:
             raise UserError(f"cifar_stem applies to torchvision ResNets only, not '{spec.name}'")
-        return _build_timm(spec.name[len(TIMM_PREFIX) :], spec.pretrained)
+        return _build_timm(spec.name[len(TIMM_PREFIX) :], spec.pretrained, spec.args)
     if spec.name in TORCHVISION_RESNETS:
-        return _build_torchvision(spec.name, spec.cifar_stem, spec.pretrained)
+        return _build_torchvision(spec.name, spec.cifar_stem, spec.pretrained, spec.args)
     raise unknown_choice("backbone", spec.name, valid_names())
 
 
-def _build_timm(name: str, pretrained: bool) -> tuple[nn.Module, int]:
+def _bad_args(name: str, args: dict, err: TypeError) -> UserError:
+    return UserError(f"backbone_args {args} do not fit {name}: {err}")
+
+
+def _build_timm(name: str, pretrained: bool, args: dict) -> tuple[nn.Module, int]:
     import timm
 
     if name not in timm.list_models():
@@ -54,7 +60,9 @@ def _build_timm(name: str, pretrained: bool) -> tuple[nn.Module, int]:
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise UserError(f"unknown timm model '{name}' (see timm.list_models()){hint}")
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **args)
+    except TypeError as err:
+        raise _bad_args(f"timm:{name}", args, err) from None
     except Exception as err:  # network, hub or missing-weights failures all surface here
         raise UserError(
             f"cannot load pretrained weights for timm:{name} ({type(err).__name__}); "
@@ -65,10 +73,14 @@ def _build_timm(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
-def _build_torchvision(name: str, cifar_stem: bool, pretrained: bool) -> tuple[nn.Module, int]:
+def _build_torchvision(
+    name: str, cifar_stem: bool, pretrained: bool, args: dict
+) -> tuple[nn.Module, int]:
     weights = "DEFAULT" if pretrained else None
     try:
-        model = getattr(torchvision.models, name)(weights=weights)
+        model = getattr(torchvision.models, name)(weights=weights, **args)
+    except TypeError as err:
+        raise _bad_args(name, args, err) from None
     except Exception as err:
         raise UserError(
             f"cannot load pretrained torchvision weights for {name} ({type(err).__name__}); "

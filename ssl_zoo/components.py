@@ -68,7 +68,7 @@ def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components
     cifar_stem = cfg.cifar_stem
     if cifar_stem is None:
         cifar_stem = default_cifar_stem(cfg.backbone, splits.image_size)
-    spec = BackboneSpec(cfg.backbone, cifar_stem, cfg.pretrained)
+    spec = BackboneSpec(cfg.backbone, cifar_stem, cfg.pretrained, cfg.backbone_args)
     model = build_method(
         cfg.method,
         cfg.method_args,
@@ -82,6 +82,7 @@ def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components
         knn_t=cfg.knn_t,
         hard_views=cfg.hard_views,
         channels_last=cfg.channels_last,
+        compile_backbone=cfg.compile,
     )
     model.checkpoint_meta = {"image_size": splits.image_size, "normalize": normalize}
     views = build_views(model.views, splits.image_size, normalize, cfg.views)

@@ -34,8 +34,12 @@ class RunConfig:
             device) or pil (lightly's PIL transforms in DataLoader workers, for data too big for memory).
         hard_views: Hard View Selection: draw N view pairs per image, train on the hardest (1: off).
         backbone: resnet18/resnet34/resnet50 (torchvision) or timm:<model name>.
+        backbone_args: Keyword arguments of the backbone's constructor, e.g. {output_stride: 16}
+            for a timm ResNet (keeps a 2x2 map in the last stage of 32-px images).
         cifar_stem: 3x3 stride-1 stem without max-pool for torchvision ResNets; default: on for <=64 px.
         channels_last: Train in NHWC memory format (faster convolutions on CPU and GPU).
+        compile: Compile the backbone with torch.compile (inductor); the first steps, and the first
+            kNN monitor, wait for compilation (about a minute for a ResNet-18 on 2 CPU cores).
         pretrained: Start from the backbone's pretrained weights (needs them downloaded).
         batch_size: Images per step (each yields two or more views).
         optimizer: sgd, lars or adamw.
@@ -68,9 +72,11 @@ class RunConfig:
     augment: str = "batched"
     hard_views: int = 1
     backbone: str = "resnet18"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
     cifar_stem: bool | None = None
     pretrained: bool = False
     channels_last: bool = True
+    compile: bool = False
     batch_size: int = 256
     optimizer: str = "sgd"
     lr: float = 0.06

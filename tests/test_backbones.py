@@ -50,3 +50,16 @@ def test_backbone_file_round_trip(tmp_path):
     assert torch.allclose(model(x), loaded(x))
     with pytest.raises(UserError, match="not found"):
         load_backbone(tmp_path / "missing.pt")
+
+
+def test_backbone_args_reach_the_constructor_and_survive_a_save(tmp_path):
+    spec = BackboneSpec("timm:resnet10t", args={"output_stride": 16})
+    model, _ = build_backbone(spec)
+    # A 32-px image keeps a 2x2 map in the last stage instead of 1x1.
+    assert model.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (2, 2)
+    save_backbone(tmp_path / "backbone.pt", model, spec)
+    loaded, _, payload = load_backbone(tmp_path / "backbone.pt")
+    assert payload["spec"]["args"] == {"output_stride": 16}
+    assert loaded.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (2, 2)
+    with pytest.raises(UserError, match="backbone_args .* do not fit timm:resnet10t"):
+        build_backbone(BackboneSpec("timm:resnet10t", args={"stride_please": 2}))

@@ -7,6 +7,7 @@ import torch
 from conftest import last_json_line, run_script, tiny_args
 from wandb_records import history_keys
 
+from ssl_zoo.backbones import BackboneSpec, build_backbone
 from ssl_zoo.config import TrainConfig, parse_config
 from ssl_zoo.errors import run_main
 from ssl_zoo.loggers import read_csv_rows
@@ -144,3 +145,24 @@ def test_method_configs_hold_the_cpu_recipe_and_compose_with_the_gpu_setting(met
         200,
     )
     assert gpu.lr == pytest.approx(0.06 * gpu.batch_size / 128) and gpu.weight_decay == 5e-4
+    # The recipe's backbone keywords fit the README's CPU backbone, and the GPU setting drops
+    # them for its torchvision ResNet.
+    build_backbone(BackboneSpec("timm:resnet18", args=cpu.backbone_args))
+    assert gpu.backbone_args == {}
+
+
+@pytest.mark.slow
+def test_compiled_backbone_matches_eager_and_saves_plain_weights(tmp_path):
+    eager = main(tiny_args(tmp_path / "eager"))
+    compiled = main(tiny_args(tmp_path / "compiled", "--compile", "true"))
+    first_loss = [
+        float(
+            next(r["train/loss"] for r in read_csv_rows(d / "metrics.csv") if r.get("train/loss"))
+        )
+        for d in (tmp_path / "eager", tmp_path / "compiled")
+    ]
+    # Same seed, same batches: compilation may reorder float sums, nothing more.
+    assert first_loss[1] == pytest.approx(first_loss[0], rel=1e-3)
+    assert compiled["steps"] == eager["steps"]
+    payload = torch.load(tmp_path / "compiled" / "backbone.pt", weights_only=False)
+    assert not any("_orig_mod" in key for key in payload["state_dict"])

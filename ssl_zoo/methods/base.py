@@ -63,6 +63,7 @@ class SSLMethod(L.LightningModule):
         knn_t: float = 0.1,
         hard_views: int = 1,
         channels_last: bool = True,
+        compile_backbone: bool = False,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -79,6 +80,7 @@ class SSLMethod(L.LightningModule):
         self.hard_views = hard_views
         # NHWC convolutions run about 1.2x faster than NCHW here (mkldnn) and on GPUs with AMP.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.compile_backbone = compile_backbone
         self._val_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self.last_metrics: dict[str, float] = {}
         # What evaluate.py needs besides the weights to use a checkpoint (set by the entry point).
@@ -193,6 +195,10 @@ class SSLMethod(L.LightningModule):
     # ---- training -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self.to(memory_format=self.memory_format)
+        # In place, so state_dict keys (checkpoints, backbone.pt, FedAvg) stay those of the
+        # plain module; once per module, as federated clients call fit every round.
+        if self.compile_backbone and self.backbone._compiled_call_impl is None:
+            self.backbone.compile()
 
     def training_step(self, batch, batch_idx):
         views, labels = batch
