@@ -49,7 +49,10 @@ def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
 
 
 def _bad_args(name: str, args: dict, err: TypeError) -> UserError:
-    return UserError(f"backbone_args {args} do not fit {name}: {err}")
+    return UserError(
+        f"backbone_args {args} do not fit {name}: {err}; "
+        "pass keywords its constructor takes, or --backbone_args '{}' to drop them"
+    )
 
 
 def _build_timm(name: str, pretrained: bool, args: dict) -> tuple[nn.Module, int]:
