@@ -8,7 +8,8 @@ backbone and budget given here; the default is the README's real-data table:
 
 Arguments after `--` go to every train.py run. Each run is a separate process, so one method's
 memory or threads never affect the next. A method whose run directory already holds a finished
-run (summary.json) is not trained again: delete runs/recipes/<name> to redo it. Writes the
+run (summary.json) with the same settings is not trained again; a run of other settings (an
+edited config, say) is reported, not overwritten: delete runs/recipes/<name> to redo it. Writes the
 markdown table to --out and ends with a one-line JSON summary of all rows.
 """
 
@@ -20,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import MISSING, fields
 from datetime import date
 from pathlib import Path
 
@@ -28,35 +30,46 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
 
 
 def run_method(method: str, args: argparse.Namespace, extra: list[str]) -> dict:
     run_dir = Path(args.runs) / method
+    train_args = ["--config", str(ROOT / "configs" / "methods" / f"{method}.yaml"),
+                  "--dataset", args.dataset, "--backbone", args.backbone,
+                  "--max_time", str(args.minutes), "--max_epochs", "1000",
+                  "--output_dir", str(run_dir), *extra]  # fmt: skip
+    if args.data_dir:
+        train_args[2:2] = ["--data_dir", args.data_dir]
     if (run_dir / "summary.json").exists():
-        summary = json.loads((run_dir / "summary.json").read_text())
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        same = (config["dataset"], config["backbone"], config["max_time"]) == (
-            args.dataset, args.backbone, args.minutes)  # fmt: skip
-        if not same:
-            error = f"{run_dir} holds a run with other settings; delete it or pass --runs DIR"
+        differing = changed_settings(run_dir, train_args)
+        if differing:
+            error = (f"{run_dir} holds a run with other settings ({', '.join(differing)}: the "
+                     "recipe changed since?); delete it or pass --runs DIR")  # fmt: skip
             print(f"{method}: {error}", file=sys.stderr)
             return {"method": method, "error": error}
         print(f"{method}: finished run found in {run_dir}, not trained again", file=sys.stderr)
-        return with_rates(summary)
-    command = [sys.executable, str(ROOT / "train.py"),
-               "--config", str(ROOT / "configs" / "methods" / f"{method}.yaml"),
-               "--dataset", args.dataset, "--backbone", args.backbone,
-               "--max_time", str(args.minutes), "--max_epochs", "1000",
-               "--output_dir", str(run_dir), *extra]  # fmt: skip
-    if args.data_dir:
-        command[4:4] = ["--data_dir", args.data_dir]
+        return with_rates(json.loads((run_dir / "summary.json").read_text()))
+    command = [sys.executable, str(ROOT / "train.py"), *train_args]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
         print(f"{method}: {error}", file=sys.stderr)
         return {"method": method, "error": error}
     return with_rates(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def changed_settings(run_dir: Path, train_args: list[str]) -> list[str]:
+    """Settings in which the run saved in run_dir differs from what train_args would train now,
+    so an edited method config is trained again instead of reusing the old figure. A setting
+    the saved run predates counts as its default, which is what that run trained with."""
+    wanted = parse_config(TrainConfig, train_args, prog="train.py").as_dict()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    default = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    default |= {f.name: f.default_factory() for f in fields(TrainConfig)
+                if f.default_factory is not MISSING}  # fmt: skip
+    return [k for k, v in wanted.items() if saved.get(k, default.get(k)) != v]
 
 
 def with_rates(summary: dict) -> dict:
