@@ -21,7 +21,6 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import MISSING, fields
 from datetime import date
 from pathlib import Path
 
@@ -66,9 +65,7 @@ def changed_settings(run_dir: Path, train_args: list[str]) -> list[str]:
     the saved run predates counts as its default, which is what that run trained with."""
     wanted = parse_config(TrainConfig, train_args, prog="train.py").as_dict()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    default = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    default |= {f.name: f.default_factory() for f in fields(TrainConfig)
-                if f.default_factory is not MISSING}  # fmt: skip
+    default = TrainConfig().as_dict()
     return [k for k, v in wanted.items() if saved.get(k, default.get(k)) != v]
 
 
