@@ -94,14 +94,18 @@ def build_views(kind: str, image_size: int, normalize: dict, options: dict | Non
     pipeline = PIPELINES[kind]
     options = dict(options or {})
     accepted = set(inspect.signature(pipeline.options_of).parameters)
-    accepted = (accepted | set(pipeline.aliases)) - {"self", "normalize", *pipeline.sized_by}
+    accepted = (accepted | set(pipeline.aliases)) - {"self", "normalize"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise UserError(
             f"unknown views option(s) {', '.join(unknown)} for the {kind} views; "
             f"valid: {', '.join(sorted(accepted))}"
         )
-    return pipeline.build(image_size, normalize, **options)
+    # The crop size defaults to the images' own; a smaller one trains faster, and a network
+    # trained on random-resized crops sees objects larger than a centre view shows them, so it
+    # can test best at a higher resolution than it trained at (Touvron et al., 2019, FixRes).
+    size = options.pop(pipeline.sized_by[0], image_size) if pipeline.sized_by else image_size
+    return pipeline.build(size, normalize, **options)
 
 
 class RepeatedViews:

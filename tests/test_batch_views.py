@@ -165,3 +165,15 @@ def test_datamodule_serves_batched_views_and_monitor_batches_like_the_pil_path()
     expected = torch.stack([reference(splits.test[i][0]) for i in range(len(normalised))])
     assert torch.allclose(normalised, expected, atol=1e-5)
     assert test_labels.tolist() == [splits.test[i][1] for i in range(len(test_labels))]
+
+
+@pytest.mark.parametrize(
+    ("kind", "option"), [("simclr", "input_size"), ("dino", "global_crop_size")]
+)
+def test_crops_can_be_smaller_than_the_images_on_both_paths(kind, option):
+    transform = build_views(kind, 32, NORMALIZE, {option: 24})
+    image, _ = load_splits("synthetic", train_samples=4, test_samples=4).train[0]
+    pil_shapes = [tuple(v.shape) for v in transform(image)]
+    batched = BatchViews.from_lightly(transform)(torch.zeros(5, 3, 32, 32, dtype=torch.uint8))
+    assert pil_shapes[:2] == [(3, 24, 24)] * 2
+    assert [tuple(v.shape[1:]) for v in batched] == pil_shapes

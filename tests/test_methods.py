@@ -1,3 +1,5 @@
+import copy
+
 import lightning.pytorch as L
 import pytest
 import torch
@@ -210,3 +212,24 @@ def test_multicrop_with_a_backbone_that_cannot_take_the_crops(name, tmp_path, ca
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "backbone timm:vit_tiny_patch16_224 cannot take 16x16-px views" in last, last
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_fused_optimizer_steps_as_the_plain_one(optimizer):
+    """One step from the same gradients (later steps differ by rounding, which Adam amplifies)."""
+    torch.manual_seed(0)
+    model = small("simclr", optimizer=optimizer, lr=0.05, weight_decay=0.01)
+    twin, start = copy.deepcopy(model), copy.deepcopy(model)
+    fused = model.configure_optimizers()["optimizer"]
+    plain = twin.configure_optimizers()["optimizer"]
+    for group in plain.param_groups:
+        group["fused"] = None
+    assert all(group["fused"] for group in fused.param_groups)
+    views = views_for("simclr")
+    for net, opt in ((model, fused), (twin, plain)):
+        net.ssl_step(views).loss.backward()
+        opt.step()
+    flat = torch.nn.utils.parameters_to_vector
+    assert not torch.allclose(flat(model.parameters()), flat(start.parameters()))
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), optimizer

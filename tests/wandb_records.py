@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 BLOCK = 32 * 1024
@@ -32,7 +33,15 @@ def read_records(path: Path) -> list:
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
         if kind in (FULL, LAST):
             record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
+            try:
+                record.ParseFromString(pending)
+            except DecodeError as err:
+                # Seen once in CI and never reproduced: say where, so the next one can be read.
+                raise AssertionError(
+                    f"{path}: record {len(records)} ending at byte {pos} of {len(data)} "
+                    f"(chunk kind {kind}, length {length}, {len(chunk)} bytes read) "
+                    f"does not decode: {err}"
+                ) from err
             records.append(record)
             pending = b""
     return records

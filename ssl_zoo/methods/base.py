@@ -181,12 +181,16 @@ class SSLMethod(L.LightningModule):
         ]
         if self.probe is not None:
             groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0})
+        # One fused kernel over all parameters instead of a loop over ~60 tensors: on 2 CPU cores
+        # the SGD step drops from 5 to 2 ms and the AdamW step from 11 to 3 ms (README).
+        fused = self.device.type in ("cpu", "cuda") or None
         if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+            opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9,
+                                  weight_decay=self.weight_decay, fused=fused)  # fmt: skip
         elif self.optimizer_name == "lars":
             opt = LARS(groups, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
         else:
-            opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, fused=fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda _: self.cosine_progress(1.0, 0.0, self.warmup_fraction)
         )
