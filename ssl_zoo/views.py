@@ -105,6 +105,10 @@ def build_views(kind: str, image_size: int, normalize: dict, options: dict | Non
     # trained on random-resized crops sees objects larger than a centre view shows them, so it
     # can test best at a higher resolution than it trained at (Touvron et al., 2019, FixRes).
     size = options.pop(pipeline.sized_by[0], image_size) if pipeline.sized_by else image_size
+    if not isinstance(size, int) or size < 1:
+        raise UserError(
+            f"views {pipeline.sized_by[0]} must be a positive number of pixels, not {size!r}"
+        )
     return pipeline.build(size, normalize, **options)
 
 

@@ -177,3 +177,8 @@ def test_crops_can_be_smaller_than_the_images_on_both_paths(kind, option):
     batched = BatchViews.from_lightly(transform)(torch.zeros(5, 3, 32, 32, dtype=torch.uint8))
     assert pil_shapes[:2] == [(3, 24, 24)] * 2
     assert [tuple(v.shape[1:]) for v in batched] == pil_shapes
+
+
+def test_a_crop_size_below_one_pixel_is_a_clear_error():
+    with pytest.raises(UserError, match="views input_size must be a positive number of pixels"):
+        build_views("simclr", 32, NORMALIZE, {"input_size": 0})
