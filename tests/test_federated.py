@@ -76,6 +76,12 @@ def test_fedavg_is_the_sample_weighted_mean_of_parameters_and_batchnorm_buffers(
     streaming.add(bn_a.state_dict(), 10)
     streaming.add(bn_b.state_dict(), 30)
     assert all(torch.equal(streaming.result()[k], averaged[k]) for k in averaged)
+    # The running sum is accumulated in place: it must never alias a client's tensors.
+    client = {"w": torch.ones(2, dtype=torch.float64)}
+    streaming = FedAvg()
+    streaming.add(client, 3.0), streaming.add({"w": torch.zeros(2, dtype=torch.float64)}, 1.0)
+    assert torch.equal(client["w"], torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(streaming.result()["w"], torch.full((2,), 0.75, dtype=torch.float64))
 
 
 def tiny_federation(*extra):
@@ -102,6 +108,9 @@ def test_momentum_methods_aggregate_online_predictor_and_target():
             a.num_examples + b.num_examples
         )
         assert torch.allclose(averaged[key], expected, atol=1e-6), key
+    # A client keeps no optimizer state (momentum buffers) past its round.
+    optimizers = parts.model.trainer.optimizers
+    assert optimizers and not any(o.state for o in optimizers)
 
 
 def test_fedbn_keeps_batchnorm_local_and_schedule_follows_the_global_round():

@@ -1,7 +1,8 @@
 """Read the records of a W&B offline run file (.wandb), to check what a run really logged.
 
 The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each chunk with a
-7-byte header (crc32c, length, type); FULL/FIRST/MIDDLE/LAST chunks join into protobuf Records.
+7-byte header (crc32c, length, type); FULL/FIRST/MIDDLE/LAST chunks join into protobuf Records. A chunk cut off by the end of the file
+(still being written) ends the read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def read_records(path: Path) -> list:
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk = data[pos + 7 : pos + 7 + length]
+        if len(chunk) < length:  # the writer's last chunk is not on disk yet: stop, as LevelDB does
+            break
         pos += 7 + length
         if kind == 0 and length == 0:
             continue
