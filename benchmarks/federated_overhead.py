@@ -10,7 +10,7 @@ fixed costs per client, so their share of a round is set by how long a client tr
 also gives the local training per client at which they would be 3% of it.
 
     python benchmarks/federated_overhead.py [--clients 4,16,64] [--images_per_client 500] [--batch_size 128]
-        [--rounds 2] [--method simsiam] [--backbone timm:resnet10t]
+        [--local_epochs 1] [--rounds 2] [--method simsiam] [--backbone timm:resnet10t]
 
 Prints a table and ends with one JSON line.
 """
@@ -42,7 +42,7 @@ def child(args) -> None:
         "--train_samples", str(args.child * args.images_per_client), "--test_samples", "100",
         "--num_clients", str(args.child), "--partition", "iid", "--rounds", str(args.rounds),
         "--batch_size", str(min(args.batch_size, args.images_per_client)), "--num_workers", "0", "--knn_k", "20",
-        "--min_clients", "1", "--output_dir", str(out),
+        "--min_clients", "1", "--local_epochs", str(args.local_epochs), "--output_dir", str(out),
     ], prog="overhead")  # fmt: skip
     summary = federate(cfg)
     state = torch.load(out / "fed_state.pt", weights_only=False)["global_state"]
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--clients", default="4,16,64")
     parser.add_argument("--images_per_client", type=int, default=500)
     parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--local_epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--method", default="simsiam")
     parser.add_argument("--backbone", default="timm:resnet10t")
