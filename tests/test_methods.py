@@ -233,3 +233,21 @@ def test_fused_optimizer_steps_as_the_plain_one(optimizer):
     assert not torch.allclose(flat(model.parameters()), flat(start.parameters()))
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5), optimizer
+
+
+def test_fused_sgd_steps_a_parameter_whose_first_gradient_comes_later():
+    """DINO's last layer has no gradient in its first epoch: fused SGD, which wants momentum for
+    all of a group's parameters or none, must step it once its gradient arrives."""
+    torch.manual_seed(0)
+    model = small("dino", optimizer="sgd", lr=0.05)
+    opt = model.configure_optimizers()["optimizer"]
+    views = views_for("dino")
+    last = model.projection_head.last_layer
+    model.ssl_step(views).loss.backward()
+    model.projection_head.cancel_last_layer_gradients(0)  # epoch 0 of freeze_last_layer=1
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    before = [p.detach().clone() for p in last.parameters()]
+    model.ssl_step(views).loss.backward()  # epoch 1: the last layer trains
+    opt.step()
+    assert any(not torch.equal(p, b) for p, b in zip(last.parameters(), before, strict=True))

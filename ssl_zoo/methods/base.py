@@ -187,6 +187,12 @@ class SSLMethod(L.LightningModule):
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9,
                                   weight_decay=self.weight_decay, fused=fused)  # fmt: skip
+            # Fused SGD takes momentum for all of a group's parameters or for none, so a parameter
+            # whose first gradient comes later (DINO's last layer after its frozen epoch) would stop
+            # the run. Zero buffers give the same first step, as dampening is 0.
+            for group in groups:
+                for p in group["params"]:
+                    opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
         elif self.optimizer_name == "lars":
             opt = LARS(groups, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
         else:
