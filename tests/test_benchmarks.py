@@ -1,4 +1,4 @@
-"""benchmarks/recipes.py as a user runs it, on a tiny synthetic budget."""
+"""The benchmarks as a user runs them, on tiny synthetic budgets."""
 
 from conftest import last_json_line, run_script
 
@@ -27,3 +27,25 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path):
     row = last_json_line(edited.stdout)["rows"][0]
     assert "error" in row and "(lr:" in row["error"], row
     assert "failed" in table.read_text()
+
+
+def test_throughput_prints_the_three_rates_and_their_ratios():
+    proc = run_script("benchmarks/throughput.py", "--backbone", "timm:resnet10t", "--batch_size",
+                      "16", "--steps", "2", "--warmup", "1", "--rounds", "1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = last_json_line(proc.stdout)
+    rates = [row[f"{k}_views_per_s"] for k in ("limit", "ssl_zoo", "reference")]
+    assert all(rate > 0 for rate in rates), row
+    assert abs(row["ratio_to_limit"] - rates[1] / rates[0]) < 0.01, row
+    assert abs(row["ratio_to_reference"] - rates[1] / rates[2]) < 0.01, row
+
+
+def test_federated_overhead_splits_a_round_for_each_client_count():
+    proc = run_script("benchmarks/federated_overhead.py", "--clients", "2,3", "--images_per_client",
+                      "8", "--rounds", "1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = last_json_line(proc.stdout)["per_round"]
+    assert [r["clients"] for r in rows] == [2, 3]
+    for r in rows:
+        assert r["train_s"] > 0 and r["aggregate_s"] > 0 and r["serialise_s"] > 0, r
+        assert r["model_mb"] > 1 and r["peak_rss_mb"] > 100, r
