@@ -9,8 +9,9 @@ serialises nothing), plus the process's peak resident memory. Aggregation and se
 fixed costs per client, so their share of a round is set by how long a client trains: the table
 also gives the local training per client at which they would be 3% of it.
 
-    python benchmarks/federated_overhead.py [--clients 4,16,64] [--images_per_client 500] [--batch_size 128]
-        [--local_epochs 1] [--rounds 2] [--method simsiam] [--backbone timm:resnet10t]
+    python benchmarks/federated_overhead.py [--clients 4,16,64] [--images_per_client 500]
+        [--batch_size 128] [--local_epochs 1] [--rounds 2] [--method simsiam]
+        [--backbone timm:resnet10t]
 
 Prints a table and ends with one JSON line.
 """
@@ -41,8 +42,9 @@ def child(args) -> None:
         "--method", args.method, "--backbone", args.backbone, "--dataset", "synthetic",
         "--train_samples", str(args.child * args.images_per_client), "--test_samples", "100",
         "--num_clients", str(args.child), "--partition", "iid", "--rounds", str(args.rounds),
-        "--batch_size", str(min(args.batch_size, args.images_per_client)), "--num_workers", "0", "--knn_k", "20",
-        "--min_clients", "1", "--local_epochs", str(args.local_epochs), "--output_dir", str(out),
+        "--batch_size", str(min(args.batch_size, args.images_per_client)), "--num_workers", "0",
+        "--knn_k", "20", "--min_clients", "1", "--local_epochs", str(args.local_epochs),
+        "--output_dir", str(out),
     ], prog="overhead")  # fmt: skip
     summary = federate(cfg)
     state = torch.load(out / "fed_state.pt", weights_only=False)["global_state"]

@@ -79,7 +79,8 @@ def test_fedavg_is_the_sample_weighted_mean_of_parameters_and_batchnorm_buffers(
     # The running sum is accumulated in place: it must never alias a client's tensors.
     client = {"w": torch.ones(2, dtype=torch.float64)}
     streaming = FedAvg()
-    streaming.add(client, 3.0), streaming.add({"w": torch.zeros(2, dtype=torch.float64)}, 1.0)
+    streaming.add(client, 3.0)
+    streaming.add({"w": torch.zeros(2, dtype=torch.float64)}, 1.0)
     assert torch.equal(client["w"], torch.ones(2, dtype=torch.float64))
     assert torch.allclose(streaming.result()["w"], torch.full((2,), 0.75, dtype=torch.float64))
 

@@ -1,8 +1,8 @@
 """Read the records of a W&B offline run file (.wandb), to check what a run really logged.
 
 The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each chunk with a
-7-byte header (crc32c, length, type); FULL/FIRST/MIDDLE/LAST chunks join into protobuf Records. A chunk cut off by the end of the file
-(still being written) ends the read.
+7-byte header (crc32c, length, type); FULL/FIRST/MIDDLE/LAST chunks join into protobuf Records.
+A chunk cut off by the end of the file (still being written) ends the read.
 """
 
 from __future__ import annotations
