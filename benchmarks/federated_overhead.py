@@ -3,11 +3,17 @@ number of clients.
 
 For each client count (default 4, 16, 64) a separate process runs the embedded loop on synthetic
 images (the same number of images per client) and reports, per round: local training, aggregation,
-server evaluation, and the (de)serialisation a Flower transfer adds (the state dict to Flower's
-ArrayRecord protobuf bytes and back, once down and once up per client; the embedded loop itself
-serialises nothing), plus the process's peak resident memory. Aggregation and serialisation are
-fixed costs per client, so their share of a round is set by how long a client trains: the table
-also gives the local training per client at which they would be 3% of it.
+server evaluation and the peak resident memory of the process. The embedded loop moves no bytes;
+what Flower adds is timed on the same global state, as Flower 1.4x moves it:
+- simulation (`--engine flower`): messages stay in memory, so the cost is the state dict to an
+  ArrayRecord and back (ssl_zoo.federated.flower's to_record / to_state): the global record
+  written and read (for the server's evaluation) once, and per client the state read, the update written, and the update read by the server;
+- deployment (`flwr run` on a SuperLink): on top of that every record is cut into content-
+  addressed objects (a SHA-256 per object) and rebuilt at the other end: the global record once
+  per round at the server, and per client one inflate, one deflate and the server's inflate.
+Aggregation and serialisation are fixed costs per client, so their share of a round is set by how
+long a client trains: the table also gives the local training per client at which the
+simulation's overhead would be 3% of it.
 
     python benchmarks/federated_overhead.py [--clients 4,16,64] [--images_per_client 500]
         [--batch_size 128] [--local_epochs 1] [--rounds 2] [--method simsiam]
@@ -48,8 +54,9 @@ def child(args) -> None:
     ], prog="overhead")  # fmt: skip
     summary = federate(cfg)
     state = torch.load(out / "fed_state.pt", weights_only=False)["global_state"]
-    transfer = min(flower_round_trip(state) for _ in range(3))
-    serialise = transfer * 2 * args.child  # down and up, every client
+    record_s, state_s, deflate_s, inflate_s = flower_costs(state)
+    simulation = record_s + state_s + args.child * (state_s + record_s + state_s)
+    deployment = simulation + deflate_s + args.child * (inflate_s + deflate_s + inflate_s)
     import csv
 
     with (out / "rounds.csv").open() as f:
@@ -60,25 +67,47 @@ def child(args) -> None:
         "clients": args.child,
         "train_s": round(train, 2),
         "aggregate_s": round(aggregate, 4),
-        "serialise_s": round(serialise, 3),
+        "flower_sim_s": round(simulation, 3),
+        "flower_deploy_s": round(deployment, 3),
         "eval_s": round(mean("eval_seconds"), 2),
         "aggregate_pct": round(100 * aggregate / train, 2),
-        "aggregate_serialise_pct": round(100 * (aggregate + serialise) / train, 2),
-        "train_s_per_client_for_3pct": round((aggregate + serialise) / args.child / 0.03, 2),
+        "aggregate_sim_pct": round(100 * (aggregate + simulation) / train, 2),
+        "aggregate_deploy_pct": round(100 * (aggregate + deployment) / train, 2),
+        "train_s_per_client_for_3pct": round((aggregate + simulation) / args.child / 0.03, 2),
         "model_mb": round(summary["bytes_up"] / len(rows) / args.child / 1e6, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
     }))  # fmt: skip
 
 
-def flower_round_trip(state) -> float:
-    """Seconds to turn a state dict into the bytes Flower sends and back into a state dict."""
-    from flwr.app import ArrayRecord
-    from flwr.common.serde import ProtoArrayRecord, array_record_from_proto, array_record_to_proto
+def flower_costs(state, repeats: int = 5) -> tuple[float, float, float, float]:
+    """Seconds (the fastest of `repeats`) for: state -> ArrayRecord, ArrayRecord -> state, the
+    record -> content-addressed objects, and objects -> record."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-    tic = time.perf_counter()
-    wire = array_record_to_proto(ArrayRecord(state)).SerializeToString()
-    array_record_from_proto(ProtoArrayRecord.FromString(wire)).to_torch_state_dict()
-    return time.perf_counter() - tic
+    from ssl_zoo.federated.flower import to_record, to_state
+
+    def deflate():
+        record = to_record(state)  # fresh, so no object id is cached
+        tic = time.perf_counter()
+        objects = {oid: obj.deflate() for oid, obj in get_all_nested_objects(record).items()}
+        return time.perf_counter() - tic, record.object_id, objects
+
+    def timed(fn):
+        tic = time.perf_counter()
+        fn()
+        return time.perf_counter() - tic
+
+    record = to_record(state)
+    record_s = min(timed(lambda: to_record(state)) for _ in range(repeats))
+    state_s = min(timed(lambda: to_state(record)) for _ in range(repeats))
+    deflations = [deflate() for _ in range(repeats)]
+    deflate_s = min(d[0] for d in deflations)
+    _, root, objects = deflations[0]
+    inflate_s = min(
+        timed(lambda: inflate_object_from_contents(root, dict(objects))) for _ in range(repeats)
+    )
+    return record_s, state_s, deflate_s, inflate_s
 
 
 def main() -> None:

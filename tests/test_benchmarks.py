@@ -47,5 +47,7 @@ def test_federated_overhead_splits_a_round_for_each_client_count():
     rows = last_json_line(proc.stdout)["per_round"]
     assert [r["clients"] for r in rows] == [2, 3]
     for r in rows:
-        assert r["train_s"] > 0 and r["aggregate_s"] > 0 and r["serialise_s"] > 0, r
+        assert r["train_s"] > 0 and r["aggregate_s"] > 0, r
+        # A deployment pays the simulation's record conversions and the object store on top.
+        assert 0 < r["flower_sim_s"] < r["flower_deploy_s"], r
         assert r["model_mb"] > 1 and r["peak_rss_mb"] > 100, r

@@ -17,6 +17,7 @@ from ssl_zoo.federate import FedConfig, build_federation
 from ssl_zoo.federate import main as federate_main
 from ssl_zoo.federated.aggregate import FedAvg, batchnorm_keys, fedavg
 from ssl_zoo.federated.client import fit_client, load_private
+from ssl_zoo.federated.flower import to_record, to_state
 from ssl_zoo.federated.partition import class_histograms, partition
 
 TINY = ["--dataset", "synthetic", "--train_samples", "96", "--test_samples", "40",
@@ -214,6 +215,30 @@ def test_flower_simulation_matches_the_embedded_loop(tmp_path):
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     assert worst == 0.0, worst
     assert embedded["knn_top1_per_round"] == flower["knn_top1_per_round"]
+
+
+def test_flower_records_hold_the_same_bytes_as_flowers_own_and_round_trip():
+    from flwr.app import ArrayRecord
+
+    state = {
+        "conv": torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last),
+        "bias": torch.randn(4, dtype=torch.float64),
+        "count": torch.tensor(7),  # 0-d, as BatchNorm's num_batches_tracked
+        "empty": torch.zeros(0, 5),
+        "half": torch.randn(2, 2).half(),
+        "transposed": torch.randn(3, 5).t(),  # np.save writes it in Fortran order
+    }
+    ours, flowers = to_record(state), ArrayRecord(state)
+    for key in set(state) - {"transposed"}:
+        assert ours[key].data == flowers[key].data, key  # a Flower peer reads ours as its own
+        assert (ours[key].dtype, ours[key].shape) == (flowers[key].dtype, flowers[key].shape)
+    for record in (ours, flowers):
+        back = to_state(record)
+        for key, tensor in state.items():
+            assert back[key].dtype == tensor.dtype and back[key].shape == tensor.shape, key
+            assert torch.equal(back[key], tensor), key
+    back["conv"].add_(1)  # writable, and not a view into the record's bytes
+    assert torch.equal(to_state(ours)["conv"], state["conv"])
 
 
 BAD = [

@@ -14,16 +14,19 @@ aggregates with ssl_zoo's FedAvg instead, so both engines produce the same globa
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from numpy.lib import format as npy
 from torch.utils.data import Subset
 
 from ssl_zoo.errors import UserError
@@ -33,6 +36,35 @@ from ssl_zoo.federated.loop import FedState, evaluate_global, save_state, write_
 
 log = logging.getLogger("ssl_zoo.federated")
 _CACHE: dict[str, tuple] = {}
+
+
+def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """A state dict as the ArrayRecord Flower sends: the same .npy bytes as
+    `ArrayRecord(state)`, written with one copy per tensor instead of np.save's buffer round trip
+    (8.3 -> 4.8 ms for a 23 MB state on 2 CPU cores; README, Federated overhead)."""
+    record = ArrayRecord()
+    for key, tensor in state.items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        header = io.BytesIO()
+        npy.write_array_header_1_0(header, npy.header_data_from_array_1_0(array))
+        record[key] = Array(dtype=str(array.dtype), shape=tuple(array.shape), stype="numpy.ndarray",
+                            data=b"".join([header.getvalue(), array.data]))  # fmt: skip
+    return record
+
+
+def to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The inverse of `to_record` (and of `ArrayRecord(state)`): each array read straight out of
+    its .npy bytes into one new tensor, where np.load copies twice (4.8 -> 2.0 ms)."""
+    state = {}
+    for key, array in record.items():
+        offset = 10 + int.from_bytes(array.data[8:10], "little")  # magic, version, header length
+        if (array.stype != "numpy.ndarray" or array.data[6:8] != b"\x01\x00"
+                or b"'fortran_order': False" not in array.data[10:offset]):  # fmt: skip
+            state[key] = torch.from_numpy(array.numpy())  # np.save's other layouts
+            continue
+        values = np.frombuffer(array.data, dtype=np.dtype(array.dtype), offset=offset)
+        state[key] = torch.from_numpy(values.reshape(array.shape).copy())
+    return state
 
 
 def _key(cfg) -> str:
@@ -58,15 +90,15 @@ def train_on_client(cfg, msg: Message, context: Context) -> Message:
     round_index = int(msg.content["config"]["server-round"]) - 1
     private = initial_private
     if "private" in context.state:
-        private = context.state["private"].to_torch_state_dict()
-    update = fit_client(parts.model, msg.content["arrays"].to_torch_state_dict(), private, local_keys,
+        private = to_state(context.state["private"])
+    update = fit_client(parts.model, to_state(msg.content["arrays"]), private, local_keys,
                         Subset(parts.splits.train, clients[client].tolist()), parts.views,
                         parts.normalize, parts.splits.image_size, cfg, round_index, client)  # fmt: skip
-    context.state["private"] = ArrayRecord(update.private)
+    context.state["private"] = to_record(update.private)
     metrics = {"num-examples": update.num_examples, "client": client}
     if update.loss is not None:
         metrics["train_loss"] = update.loss
-    content = RecordDict({"arrays": ArrayRecord(update.state), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": to_record(update.state), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -83,7 +115,7 @@ class SSLFedAvg(FlowerFedAvg):
         valid, errors = self._check_and_log_replies(replies, is_train=True)
         accumulator, losses, bytes_up = FedAvg(), [], 0
         for reply in valid:
-            state = reply.content["arrays"].to_torch_state_dict()
+            state = to_state(reply.content["arrays"])
             metrics = reply.content["metrics"]
             accumulator.add(state, float(metrics["num-examples"]))
             bytes_up += state_bytes({k: state[k] for k in self.sent_keys})
@@ -103,7 +135,7 @@ class SSLFedAvg(FlowerFedAvg):
             "bytes_down": accumulator.clients * state_bytes({k: averaged[k] for k in self.sent_keys}),
             "aggregate_seconds": round(time.time() - tic, 4),
         }  # fmt: skip
-        return ArrayRecord(averaged), MetricRecord({"clients": accumulator.clients})
+        return to_record(averaged), MetricRecord({"clients": accumulator.clients})
 
 
 def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
@@ -120,7 +152,7 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         tic = time.time()
-        global_state = arrays.to_torch_state_dict()
+        global_state = to_state(arrays)
         metrics = evaluate_global(parts, global_state, cfg)
         row = {"round": server_round, **metrics, "eval_seconds": round(time.time() - tic, 2)}
         if server_round > 0:
@@ -136,7 +168,7 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
         round_start[0] = time.time()
         return MetricRecord({k: v for k, v in metrics.items() if v is not None})
 
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=cfg.rounds,
+    strategy.start(grid=grid, initial_arrays=to_record(initial), num_rounds=cfg.rounds,
                    train_config=ConfigRecord({}), evaluate_fn=evaluate)  # fmt: skip
     return state
 
