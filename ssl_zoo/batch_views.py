@@ -224,19 +224,29 @@ JITTERS = (("brightness", _brightness), ("contrast", _contrast),
 
 
 def color_jitter(x: Tensor, p: ViewParams) -> Tensor:
-    """torchvision's ColorJitter per image: each factor ~ U(range), the four in a random order."""
+    """torchvision's ColorJitter per image: each factor ~ U(range), the four in a random order.
+
+    At each position of the order the images are regrouped by the operation they are due, so that
+    every operation runs once on a contiguous slice: one gather per position instead of a gather
+    and a scatter per position and operation (README, Performance)."""
     n = len(x)
-    ranges = [(name, fn, getattr(p, name)) for name, fn in JITTERS if getattr(p, name)]
+    ranges = [(fn, r) for name, fn in JITTERS if (r := getattr(p, name))]
     if not ranges:
         return x
-    factors = [torch.empty(n, device=x.device).uniform_(*r) for _, _, r in ranges]
+    factors = torch.stack([torch.empty(n, device=x.device).uniform_(*r) for _, r in ranges], 1)
     order = torch.rand(n, len(ranges), device=x.device).argsort(dim=1)
+    at = torch.arange(n, device=x.device)  # at[i]: the image now in row i
     for position in range(len(ranges)):
-        for op, (_, fn, _) in enumerate(ranges):
-            idx = (order[:, position] == op).nonzero().squeeze(1)
-            if len(idx):
-                x[idx] = fn(x[idx], factors[op][idx])
-    return x
+        regroup = order[at, position].argsort()
+        at, x = at[regroup], x[regroup]
+        due = order[at, position]
+        start = 0
+        for op, count in enumerate(torch.bincount(due, minlength=len(ranges)).tolist()):
+            if count:
+                rows = slice(start, start + count)
+                x[rows] = ranges[op][0](x[rows], factors[at[rows], op])
+                start += count
+    return torch.empty_like(x).index_copy_(0, at, x)
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
@@ -291,7 +301,11 @@ class BatchView(torch.nn.Module):
 
 
 class BatchViews(torch.nn.Module):
-    """uint8 images (N, 3, H, W) -> the list of view batches a method trains on."""
+    """uint8 images (N, 3, H, W) -> the list of view batches a method trains on.
+
+    Views with the same parameters (SimCLR's two, the repeats of Hard View Selection, DINO's local
+    crops) are made in one call on the images stacked k times: each image still draws its own
+    parameters, and the fixed cost of the ~150 small tensor ops per call is paid once."""
 
     batched = True
 
@@ -299,6 +313,10 @@ class BatchViews(torch.nn.Module):
         super().__init__()
         self.views = torch.nn.ModuleList(BatchView(p) for p in views)
         self.repeats = repeats
+        params = [p for _ in range(repeats) for p in views]
+        # (view, the positions in the output list it makes)
+        self.groups = [(self.views[views.index(p)], [i for i, q in enumerate(params) if q == p])
+                       for j, p in enumerate(params) if params.index(p) == j]  # fmt: skip
 
     @classmethod
     def from_lightly(cls, transform, repeats: int = 1) -> BatchViews:
@@ -309,4 +327,10 @@ class BatchViews(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> list[Tensor]:
         x = images.float().div_(255)
-        return [view(x) for _ in range(self.repeats) for view in self.views]
+        out: list[Tensor] = [x] * sum(len(positions) for _, positions in self.groups)
+        for view, positions in self.groups:
+            k = len(positions)
+            made = view(x.repeat(k, 1, 1, 1) if k > 1 else x).chunk(k)
+            for position, batch in zip(positions, made, strict=True):
+                out[position] = batch
+        return out

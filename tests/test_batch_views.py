@@ -94,6 +94,38 @@ def test_color_ops_equal_torchvision_per_image():
         assert torch.allclose(out, expected, atol=1e-5), name
 
 
+def test_jitter_applies_its_operations_in_a_random_order_per_image():
+    torch.manual_seed(0)
+    n = 400
+    x = torch.rand(n, 3, 4, 4)
+    p = ViewParams(size=4, brightness=(0.3, 1.7), contrast=(0.3, 1.7))
+    torch.manual_seed(1)
+    out = color_jitter(x.clone(), p)
+    torch.manual_seed(1)
+    b, c = torch.empty(n).uniform_(0.3, 1.7), torch.empty(n).uniform_(0.3, 1.7)  # its draws
+    b_first = torch.stack([TF.adjust_contrast(TF.adjust_brightness(img, float(fb)), float(fc))
+                           for img, fb, fc in zip(x, b, c, strict=True)])  # fmt: skip
+    c_first = torch.stack([TF.adjust_brightness(TF.adjust_contrast(img, float(fc)), float(fb))
+                           for img, fb, fc in zip(x, b, c, strict=True)])  # fmt: skip
+    is_b_first = (out - b_first).flatten(1).abs().amax(1) < 1e-5
+    is_c_first = (out - c_first).flatten(1).abs().amax(1) < 1e-5
+    assert bool((is_b_first | is_c_first).all())  # every image got both, in one of the orders
+    only_b_first = (is_b_first & ~is_c_first).float().mean().item()
+    only_c_first = (is_c_first & ~is_b_first).float().mean().item()
+    assert only_b_first > 0.3 and only_c_first > 0.3, (only_b_first, only_c_first)
+
+
+def test_views_with_the_same_parameters_are_made_together_but_drawn_apart():
+    views = BatchViews.from_lightly(build_views("simclr", 32, NORMALIZE), repeats=2)
+    assert [positions for _, positions in views.groups] == [[0, 1, 2, 3]]
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    made = views(images)
+    assert [tuple(v.shape) for v in made] == [(8, 3, 32, 32)] * 4
+    assert all(not torch.equal(made[0], other) for other in made[1:])
+    dino = BatchViews.from_lightly(build_views("dino", 32, NORMALIZE))
+    assert [positions for _, positions in dino.groups] == [[0], [1], list(range(2, 8))]
+
+
 def test_jitter_factors_are_uniform_in_lightlys_ranges():
     torch.manual_seed(0)
     gray = torch.full((20000, 3, 1, 1), 0.25)
