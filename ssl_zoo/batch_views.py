@@ -312,11 +312,11 @@ class BatchViews(torch.nn.Module):
     def __init__(self, views: list[ViewParams], repeats: int = 1):
         super().__init__()
         self.views = torch.nn.ModuleList(BatchView(p) for p in views)
-        self.repeats = repeats
-        params = [p for _ in range(repeats) for p in views]
-        # (view, the positions in the output list it makes)
+        params = [p for _ in range(repeats) for p in views]  # the output list, view by view
+        distinct = [p for i, p in enumerate(params) if params.index(p) == i]
+        # (the view that makes them, the positions in the output list of views with its parameters)
         self.groups = [(self.views[views.index(p)], [i for i, q in enumerate(params) if q == p])
-                       for j, p in enumerate(params) if params.index(p) == j]  # fmt: skip
+                       for p in distinct]  # fmt: skip
 
     @classmethod
     def from_lightly(cls, transform, repeats: int = 1) -> BatchViews:
