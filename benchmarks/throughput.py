@@ -1,16 +1,22 @@
-"""Training throughput in views per second, three ways, interleaved so machine noise cancels:
+"""Training throughput in views per second, three ways:
 
 - limit:     the backbone's forward + backward + optimizer step on ready-made tensors;
 - ssl_zoo:   the full SSL step as train.py runs it (DataModule, batched views on the training
              device, the method's LightningModule inside a Lightning Trainer); `--augment pil`
              measures the PIL path (lightly views in DataLoader workers) instead;
 - reference: lightly's example recipe: the same backbone, head and loss in a plain PyTorch loop,
-             PIL transforms from lightly.transforms in DataLoader workers.
+             PIL transforms from lightly.transforms in DataLoader workers, fp32 whatever
+             `--precision` says (limit and ssl_zoo train in it).
+
+Each measurement runs in a process of its own, so that ssl_zoo's process-wide malloc settings
+(ssl_zoo/allocator.py) hold for limit and ssl_zoo, and the reference runs with glibc's defaults,
+as lightly's recipe would; the rounds interleave the three so machine noise cancels.
 
     python benchmarks/throughput.py [--method simclr] [--backbone timm:resnet18] [--batch_size 256]
                                     [--steps 16] [--warmup 6] [--rounds 3] [--device cpu|cuda]
                                     [--num_workers 2]
                                     [--augment batched|pil] [--channels_last 1|0] [--compile 0|1]
+                                    [--precision 32-true|bf16-mixed|16-mixed]
 
 Prints a table and ends with one JSON line.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import lightning.pytorch as L  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from ssl_zoo.allocator import keep_freed_memory  # noqa: E402
 from ssl_zoo.components import build_components  # noqa: E402
 from ssl_zoo.config import TrainConfig  # noqa: E402
 from ssl_zoo.data import SSLDataModule, Transformed, collate_views  # noqa: E402
@@ -43,15 +51,23 @@ def pil_views(parts, cfg):
     return build_views(parts.model.views, parts.splits.image_size, parts.normalize, cfg.views)
 
 
+# Lightning precision -> the autocast dtype it trains under (None: no autocast).
+AUTOCAST = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
 def time_limit(parts, cfg, device, steps: int, warmup: int) -> float:
-    """Backbone alone on ready-made tensors shaped like the views, in the memory format the
-    method trains in and compiled when it is (so the ratio measures the pipeline, not these)."""
+    """Backbone alone on ready-made tensors shaped like the views, with the memory format,
+    precision, malloc settings and compilation the method trains with (so the ratio measures the
+    pipeline, not these). fp16 scales its loss as Lightning's 16-mixed does."""
+    keep_freed_memory()  # as ssl_zoo's setup() does
     fmt = parts.model.memory_format
     backbone = parts.model.backbone.to(device, memory_format=fmt).train()
     if cfg.compile:
         backbone.compile()
     # Fused, as ssl_zoo's optimizers are: the limit is the fastest step of these parameters.
     opt = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9, fused=True)
+    dtype = AUTOCAST[cfg.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     shapes = [tuple(v.shape) for v in pil_views(parts, cfg)(parts.splits.train[0][0])]
     # Views of one size go through the backbone together, as the methods do.
     inputs = [
@@ -64,10 +80,12 @@ def time_limit(parts, cfg, device, steps: int, warmup: int) -> float:
     for step in range(warmup + steps):
         sync(device)
         tic = time.perf_counter()
-        loss = sum(backbone(x).float().pow(2).mean() for x in inputs)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = sum(backbone(x).float().pow(2).mean() for x in inputs)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sync(device)
         if step >= warmup:
             elapsed += time.perf_counter() - tic
@@ -93,9 +111,9 @@ def time_ssl_zoo(parts, cfg, device, steps: int, warmup: int) -> float:
     )
     timer = StepTimer(warmup)
     trainer = L.Trainer(max_steps=warmup + steps, accelerator="gpu" if device.type == "cuda" else "cpu",
-                        devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                        callbacks=[timer])  # fmt: skip
+                        devices=1, precision=cfg.precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[timer])  # fmt: skip
     trainer.fit(parts.model, datamodule=datamodule)
     elapsed = time.perf_counter() - timer.start
     n_views = len(pil_views(parts, cfg)(parts.splits.train[0][0]))
@@ -138,6 +156,23 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+PIPELINES = {"limit": time_limit, "ssl_zoo": time_ssl_zoo, "reference": time_reference}
+
+
+def child(args, device) -> None:
+    """One measurement, in a process of its own: the views/s of one pipeline as a JSON line."""
+    samples = args.batch_size * (args.steps + args.warmup + 1)
+    cfg = TrainConfig(method=args.method, backbone=args.backbone, batch_size=args.batch_size,
+                      dataset=args.dataset, data_dir=args.data_dir, train_samples=samples,
+                      test_samples=10, num_workers=args.num_workers, views={"gaussian_blur": 0.0},
+                      augment=args.augment, channels_last=bool(args.channels_last),
+                      compile=bool(args.compile), precision=args.precision)  # fmt: skip
+    L.seed_everything(args.seed, verbose=False)
+    parts = build_components(cfg)
+    rate = PIPELINES[args.child](parts, cfg, device, args.steps, args.warmup)
+    print(json.dumps({"views_per_s": rate}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", default="simclr")
@@ -155,24 +190,24 @@ def main() -> None:
     parser.add_argument("--augment", default="batched", choices=["batched", "pil"])
     parser.add_argument("--channels_last", type=int, default=1, choices=[0, 1])
     parser.add_argument("--compile", type=int, default=0, choices=[0, 1])
+    parser.add_argument("--precision", default="32-true", choices=list(AUTOCAST))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
-    samples = args.batch_size * (args.steps + args.warmup + 1)
-    cfg = TrainConfig(method=args.method, backbone=args.backbone, batch_size=args.batch_size,
-                      dataset=args.dataset, data_dir=args.data_dir, train_samples=samples,
-                      test_samples=10, num_workers=args.num_workers, views={"gaussian_blur": 0.0},
-                      augment=args.augment, channels_last=bool(args.channels_last),
-                      compile=bool(args.compile))  # fmt: skip
-    results: dict[str, list[float]] = {"limit": [], "ssl_zoo": [], "reference": []}
+    if args.child:
+        child(args, device)
+        return
+    results: dict[str, list[float]] = {name: [] for name in PIPELINES}
     for round_index in range(args.rounds):
-        for name, fn in (
-            ("limit", time_limit),
-            ("ssl_zoo", time_ssl_zoo),
-            ("reference", time_reference),
-        ):
-            L.seed_everything(round_index, verbose=False)
-            parts = build_components(cfg)
-            rate = fn(parts, cfg, device, args.steps, args.warmup)
+        for name in PIPELINES:
+            command = [sys.executable, __file__, *sys.argv[1:], "--child", name,
+                       "--seed", str(round_index)]  # fmt: skip
+            proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                lines = proc.stderr.strip().splitlines() or ["no output"]
+                sys.exit(f"error: the {name} measurement failed: {lines[-1]}")
+            rate = json.loads(proc.stdout.strip().splitlines()[-1])["views_per_s"]
             results[name].append(rate)
             print(
                 f"round {round_index + 1}/{args.rounds} {name:9s} {rate:8.0f} views/s",
@@ -195,6 +230,7 @@ def main() -> None:
         "augment": args.augment,
         "channels_last": bool(args.channels_last),
         "compile": bool(args.compile),
+        "precision": args.precision,
         "limit_views_per_s": round(median["limit"], 1),
         "ssl_zoo_views_per_s": round(median["ssl_zoo"], 1),
         "reference_views_per_s": round(median["reference"], 1),

@@ -1,5 +1,6 @@
 """The benchmarks as a user runs them, on tiny synthetic budgets."""
 
+import pytest
 from conftest import last_json_line, run_script
 
 TINY_TRAIN = ["--train_samples", "64", "--test_samples", "40", "--batch_size", "16",
@@ -29,11 +30,14 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path):
     assert "failed" in table.read_text()
 
 
-def test_throughput_prints_the_three_rates_and_their_ratios():
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_throughput_prints_the_three_rates_and_their_ratios(precision):
     proc = run_script("benchmarks/throughput.py", "--backbone", "timm:resnet10t", "--batch_size",
-                      "16", "--steps", "2", "--warmup", "1", "--rounds", "1")  # fmt: skip
+                      "16", "--steps", "2", "--warmup", "1", "--rounds", "1",
+                      "--precision", precision)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = last_json_line(proc.stdout)
+    assert row["precision"] == precision
     rates = [row[f"{k}_views_per_s"] for k in ("limit", "ssl_zoo", "reference")]
     assert all(rate > 0 for rate in rates), row
     assert abs(row["ratio_to_limit"] - rates[1] / rates[0]) < 0.01, row

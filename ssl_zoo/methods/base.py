@@ -28,6 +28,7 @@ from lightly.utils.scheduler import cosine_warmup_schedule
 from lightning.pytorch.callbacks import Timer
 from torch import Tensor, nn
 
+from ssl_zoo.allocator import keep_freed_memory
 from ssl_zoo.backbones import BackboneSpec, build_backbone
 from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.evaluation.knn import knn_accuracy
@@ -204,6 +205,7 @@ class SSLMethod(L.LightningModule):
 
     # ---- training -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        keep_freed_memory()  # once per process: no page faults on every step's activations
         self.to(memory_format=self.memory_format)
         # In place, so state_dict keys (checkpoints, backbone.pt, FedAvg) stay those of the
         # plain module; once per module, as federated clients call fit every round.
