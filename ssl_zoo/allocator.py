@@ -3,10 +3,11 @@
 PyTorch's CPU tensors come straight from malloc. With glibc's defaults, blocks above a (dynamic,
 at most 32 MiB) threshold are fresh mmaps, and freed memory at the top of the heap goes back to
 the OS once it exceeds twice that threshold, so every step faults in, page by page, the
-activation memory the step before gave back: 4,600 minor faults per step of a ResNet-10t on 32
-images, 68,000 for a ResNet-18 on 512 views. Serving blocks up to 256 MiB from the heap and
-keeping up to 1 GiB of it freed cuts those to 0 and about 1,200, and the step by 9-16% on 2 CPU
-cores (README, Performance). The cost is resident memory the process keeps between steps.
+activation memory the step before gave back: 4,600 minor faults per forward + backward of a
+ResNet-10t on 32 images, 68,000 for a ResNet-18 on 512 views. Serving blocks up to 256 MiB from
+the heap and keeping up to 1 GiB of it freed cuts those to 0 and about 1,200: on 2 CPU cores the
+SimCLR step of 512 views runs about 5% faster (README, Performance), a small model's step less
+(the quickstart: about 1%). The cost is resident memory the process keeps between steps.
 """
 
 from __future__ import annotations
