@@ -7,7 +7,8 @@ server evaluation and the peak resident memory of the process. The embedded loop
 what Flower adds is timed on the same global state, as Flower 1.4x moves it:
 - simulation (`--engine flower`): messages stay in memory, so the cost is the state dict to an
   ArrayRecord and back (ssl_zoo.federated.flower's to_record / to_state): the global record
-  written and read (for the server's evaluation) once, and per client the state read, the update written, and the update read by the server;
+  written and read (for the server's evaluation) once, and per client the state read, the update
+  written, and the update read by the server;
 - deployment (`flwr run` on a SuperLink): on top of that every record is cut into content-
   addressed objects (a SHA-256 per object) and rebuilt at the other end: the global record once
   per round at the server, and per client one inflate, one deflate and the server's inflate.
