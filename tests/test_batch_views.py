@@ -124,6 +124,14 @@ def test_views_with_the_same_parameters_are_made_together_but_drawn_apart():
     assert all(not torch.equal(made[0], other) for other in made[1:])
     dino = BatchViews.from_lightly(build_views("dino", 32, NORMALIZE))
     assert [positions for _, positions in dino.groups] == [[0], [1], list(range(2, 8))]
+    # k copies are sampled from one grid k crops tall: the same as the images stacked k times.
+    local = dino.groups[2][0]
+    torch.manual_seed(5)
+    together = local(images.float() / 255, copies=3)
+    torch.manual_seed(5)
+    stacked = local(images.float().repeat(3, 1, 1, 1) / 255)
+    assert together.shape == (24, 3, *stacked.shape[2:])
+    assert torch.allclose(together, stacked, atol=1e-6)
 
 
 def test_jitter_factors_are_uniform_in_lightlys_ranges():
