@@ -6,7 +6,9 @@ Configs compose: `--config a.yaml --config b.yaml --lr 0.1` applies a, then b, t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import sys
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -51,6 +53,12 @@ class RunConfig:
         num_workers: DataLoader worker processes.
         accelerator: auto, cpu, gpu, ...
         precision: Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed.
+        max_epochs: train.py: epochs to train. A federation's compute is set by rounds x
+            local_epochs instead; federate.py accepts the key so one method YAML serves both.
+        max_time: Wall-clock budget in minutes (train.py: of training; federate.py: of all rounds);
+            the learning-rate and momentum schedules anneal to fit it. None: no budget.
+        knn_every_n_epochs: train.py: run the kNN monitor every N epochs (and always at the end).
+            A federation evaluates its global model after every round.
         seed: Seed of initialisation, augmentation and data order.
         output_dir: Run directory; default runs/<method>-<dataset>-<time>.
         resume: Continue the run in output_dir from its last checkpoint.
@@ -84,6 +92,9 @@ class RunConfig:
     warmup_fraction: float = 0.0
     knn_k: int = 200
     knn_t: float = 0.1
+    max_epochs: int = 100
+    max_time: float | None = None
+    knn_every_n_epochs: int = 1
     num_workers: int = 2
     accelerator: str = "auto"
     precision: str = "32-true"
@@ -106,6 +117,9 @@ class RunConfig:
             (self.augment in AUGMENT, f"augment must be one of {', '.join(AUGMENT)}"),
             (self.hard_views >= 1, f"hard_views must be >= 1 (got {self.hard_views})"),
             (self.dataset != "imagefolder" or self.data_dir, "imagefolder needs --data_dir DIR"),
+            (self.max_epochs >= 1, f"max_epochs must be >= 1 (got {self.max_epochs})"),
+            (self.max_time is None or self.max_time > 0, "max_time must be > 0 minutes"),
+            (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),
         ]
 
     def validate(self) -> None:
@@ -121,25 +135,7 @@ class RunConfig:
 
 @dataclass
 class TrainConfig(RunConfig):
-    """Centralized SSL pre-training with an online kNN monitor.
-
-    Args:
-        max_epochs: Epochs to train.
-        max_time: Wall-clock budget in minutes; the schedule anneals to fit it. None: no budget.
-        knn_every_n_epochs: Run the kNN monitor every N epochs (and always at the end).
-    """
-
-    max_epochs: int = 100
-    max_time: float | None = None
-    knn_every_n_epochs: int = 1
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            *super().checks(),
-            (self.max_epochs >= 1, f"max_epochs must be >= 1 (got {self.max_epochs})"),
-            (self.max_time is None or self.max_time > 0, "max_time must be > 0 minutes"),
-            (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),
-        ]
+    """Centralized SSL pre-training with an online kNN monitor."""
 
 
 def build_parser(config_class: type, prog: str) -> ArgumentParser:
@@ -149,9 +145,30 @@ def build_parser(config_class: type, prog: str) -> ArgumentParser:
     return parser
 
 
+def bool_options(config_class: type) -> set[str]:
+    hints = typing.get_type_hints(config_class)
+    return {
+        f"--{f.name}"
+        for f in fields(config_class)
+        if bool in (hints[f.name], *typing.get_args(hints[f.name]))
+    }
+
+
+def bare_flags_to_true(argv: list[str], flags: set[str]) -> list[str]:
+    """`--resume` as users type it: a boolean option with no value means true (jsonargparse
+    wants `--resume true`)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            out.append("true")
+    return out
+
+
 def parse_config(config_class: type, argv: list[str] | None, prog: str):
     parser = build_parser(config_class, prog)
-    namespace = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    namespace = parser.parse_args(bare_flags_to_true(list(argv), bool_options(config_class)))
     values = {k: v for k, v in vars(namespace).items() if k != "config"}
     config = config_class(**values)
     config.validate()

@@ -20,6 +20,7 @@ from ssl_zoo.config import RunConfig, parse_config
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.federated.partition import PARTITIONS, class_histograms, partition, plot_histograms
+from ssl_zoo.federated.server_optimizer import SERVER_OPTIMIZERS
 
 ENGINES = ("embedded", "flower")
 
@@ -27,6 +28,9 @@ ENGINES = ("embedded", "flower")
 @dataclass
 class FedConfig(RunConfig):
     """Federated SSL with FedAvg: clients train the same method modules as train.py.
+
+    The compute of a federation is counted in epochs-equivalent (rounds.csv `epochs`): each round
+    adds every trained client's local_epochs x its share of the training images.
 
     Args:
         engine: embedded (one process, runs anywhere) or flower (Flower's simulation engine).
@@ -40,6 +44,11 @@ class FedConfig(RunConfig):
         min_clients: Fewest clients that must train successfully for a round to count.
         fedbn: Keep BatchNorm layers local to each client (FedBN).
         fedprox_mu: Weight of FedProx's proximal term (0: plain FedAvg).
+        server_optimizer: The server's step on the clients' averaged update: sgd (FedAvg; FedAvgM
+            with server_lr or server_momentum), adam (FedAdam) or yogi (FedYogi), as Flower's
+            strategies define them.
+        server_lr: Server learning rate on the averaged update (sgd: 1 is plain FedAvg).
+        server_momentum: sgd: FedAvgM's momentum (default 0); adam/yogi: beta_1 (default 0.9).
         compare: A comparison file: several runs side by side and a report (see configs/federated).
     """
 
@@ -54,7 +63,16 @@ class FedConfig(RunConfig):
     min_clients: int = 1
     fedbn: bool = False
     fedprox_mu: float = 0.0
+    server_optimizer: str = "sgd"
+    server_lr: float = 1.0
+    server_momentum: float | None = None
     compare: str | None = None
+
+    @property
+    def resolved_server_momentum(self) -> float:
+        if self.server_momentum is not None:
+            return self.server_momentum
+        return 0.0 if self.server_optimizer == "sgd" else 0.9
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
@@ -69,6 +87,11 @@ class FedConfig(RunConfig):
             (self.local_epochs >= 1, f"local_epochs must be >= 1 (got {self.local_epochs})"),
             (1 <= self.min_clients <= self.num_clients, "min_clients must be in [1, num_clients]"),
             (self.fedprox_mu >= 0, "fedprox_mu must be >= 0"),
+            (self.server_lr > 0, f"server_lr must be > 0 (got {self.server_lr})"),
+            (
+                0 <= self.resolved_server_momentum < 1,
+                f"server_momentum must be in [0, 1) (got {self.server_momentum})",
+            ),
         ]
 
     def validate(self) -> None:
@@ -77,6 +100,8 @@ class FedConfig(RunConfig):
             raise unknown_choice("engine", self.engine, ENGINES)
         if self.partition not in PARTITIONS:
             raise unknown_choice("partition", self.partition, PARTITIONS)
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise unknown_choice("server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
 
 
 def build_federation(cfg: FedConfig) -> tuple[Components, list]:
@@ -173,9 +198,13 @@ def finish_run(cfg: FedConfig, parts: Components, state, run_dir: Path, start: f
         "engine": cfg.engine,
         "partition": cfg.partition,
         "num_clients": cfg.num_clients,
-        "rounds": cfg.rounds,
+        "rounds": len(trained),
+        "epochs_equivalent": rows[-1].get("epochs"),
+        "server_optimizer": cfg.server_optimizer,
+        "server_lr": cfg.server_lr,
         "knn_top1_init": rows[0].get("knn_top1"),
         "knn_top1": rows[-1].get("knn_top1"),
+        "knn_top1_best": max((r.get("knn_top1") or 0.0 for r in trained), default=None),
         "knn_top1_per_round": [r.get("knn_top1") for r in trained],
         "bytes_up": sum(r["bytes_up"] for r in trained),
         "bytes_down": sum(r["bytes_down"] for r in trained),

@@ -179,8 +179,20 @@ def test_a_failing_client_is_dropped_and_too_few_fail_the_run(tmp_path, caplog):
     assert (tmp_path / "bad" / "fed_state.pt").is_file()
 
 
-def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
-    args = [*TINY, "--rounds", "3"]
+@pytest.mark.parametrize("engine", ["embedded", "flower"])
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, engine):
+    # FedAvgM: the server's momentum must survive the kill as well.
+    args = [
+        *TINY,
+        "--rounds",
+        "3",
+        "--server_lr",
+        "1.5",
+        "--server_momentum",
+        "0.5",
+        "--engine",
+        engine,
+    ]
     full = federate_main([*args, "--output_dir", str(tmp_path / "full")])
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "federate.py"), *args, "--output_dir", str(out)],
@@ -193,9 +205,14 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
         time.sleep(0.1)
     proc.wait()
     assert len(read_rounds(out)) < 4, "the run finished before it could be killed"
-    resumed = federate_main([*args, "--output_dir", str(out), "--resume", "true"])
+    resumed = federate_main([*args, "--output_dir", str(out), "--resume"])
     assert resumed["knn_top1_per_round"] == full["knn_top1_per_round"]
     assert resumed["knn_top1_init"] == full["knn_top1_init"]
+    assert full["epochs_equivalent"] == pytest.approx(3.0)  # 3 rounds x 1 epoch x all images
+    a, b = (torch.load(d / "fed_state.pt", weights_only=False) for d in (tmp_path / "full", out))
+    assert a["server"]["v"] and all(
+        torch.equal(a["server"]["v"][k], b["server"]["v"][k]) for k in a["server"]["v"]
+    )
 
 
 def test_flower_simulation_matches_the_embedded_loop(tmp_path):
@@ -272,12 +289,19 @@ def test_comparison_writes_csv_markdown_and_plot(tmp_path):
                              "--rounds", "2"])  # fmt: skip
     assert [r["name"] for r in summary["runs"]] == ["fed-iid", "central"]
     central = summary["runs"][1]
-    assert central["kind"] == "centralized" and central["rounds"] == 2  # epochs of equal compute
+    assert central["kind"] == "centralized" and central["epochs"] == 2  # equal compute
+    assert summary["runs"][0]["epochs"] == 2.0  # 2 rounds x 1 local epoch x all images
     with (out / "comparison.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 2
     assert "| fed-iid | federated (embedded) |" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 5_000
     assert (out / "fed-iid" / "run" / "rounds.csv").is_file()
+    # Rerun into the same folder: finished runs are reused, not trained again.
+    again = federate_main(["--compare", str(spec), "--output_dir", str(out), *TINY, "--rounds", "2"])
+    assert [r["knn_top1"] for r in again["runs"]] == [r["knn_top1"] for r in summary["runs"]]
+    assert again["seconds"] < summary["seconds"] / 2
+    with pytest.raises(UserError, match="other settings"):
+        federate_main(["--compare", str(spec), "--output_dir", str(out), *TINY, "--rounds", "3"])
 
 
 @pytest.mark.slow
@@ -337,3 +361,65 @@ def test_wandb_offline_run_has_rounds_and_the_partition_table(tmp_path, monkeypa
     (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/*.wandb")
     keys = history_keys(run_file)
     assert {"round/knn_top1", "round/bytes_up", "partition/_type"} <= keys, keys  # the table
+
+
+# ---- server optimizer, budgets, flags ---------------------------------------------------------
+def server_step(name, lr, momentum, rounds):
+    """Run ServerOptimizer over `rounds` of (current, averaged) and return its states."""
+    from ssl_zoo.federated.server_optimizer import ServerOptimizer
+
+    opt = ServerOptimizer(name, lr, momentum, {"w"})
+    x = {"w": torch.tensor([1.0, -2.0]), "running_var": torch.tensor([1.0])}
+    out = []
+    for average in rounds:
+        x = opt.step(x, {"w": torch.tensor(average), "running_var": torch.tensor([0.5])})
+        out.append(x)
+    return out
+
+
+def test_server_sgd_is_fedavg_at_lr_1_and_fedavgm_otherwise():
+    (plain,) = server_step("sgd", 1.0, 0.0, [[3.0, 0.0]])
+    assert plain["w"].tolist() == [3.0, 0.0]
+    # FedAvgM, lr 2, momentum 0.5: d1 = (2, 2) -> x = (1, -2) + 2 * (2, 2) = (5, 2);
+    # d2 = (6, 2) - (5, 2) = (1, 0), v = 0.5 * (2, 2) + (1, 0) = (2, 1) -> x = (9, 4).
+    first, second = server_step("sgd", 2.0, 0.5, [[3.0, 0.0], [6.0, 2.0]])
+    assert first["w"].tolist() == [5.0, 2.0] and second["w"].tolist() == [9.0, 4.0]
+    # Buffers (BatchNorm statistics) take the clients' average, never an extrapolation.
+    assert first["running_var"].tolist() == [0.5]
+
+
+def test_server_adam_and_yogi_follow_flowers_equations():
+    d = torch.tensor([2.0, 2.0])  # averaged - current in round 1
+    (adam,) = server_step("adam", 0.1, 0.9, [[3.0, 0.0]])
+    m, v = 0.1 * d, 0.01 * d * d
+    lr = 0.1 * (1 - 0.99**2) ** 0.5 / (1 - 0.9**2)  # Flower's bias correction at round 1
+    assert torch.allclose(adam["w"], torch.tensor([1.0, -2.0]) + lr * m / (v.sqrt() + 1e-3))
+    (yogi,) = server_step("yogi", 0.1, 0.9, [[3.0, 0.0]])
+    v = 0.0 - 0.01 * d * d * torch.sign(0.0 - d * d)  # v0 = 0: v grows by (1 - b2) d^2
+    assert torch.allclose(yogi["w"], torch.tensor([1.0, -2.0]) + 0.1 * m / (v.sqrt() + 1e-3))
+
+
+def test_a_time_budget_plans_fewer_rounds_and_anneals_to_them(tmp_path):
+    from ssl_zoo.federated.loop import FedState, planned_rounds
+
+    cfg = FedConfig(rounds=100, max_time=1.0)  # 60 s
+    state = FedState(0, {})
+    assert planned_rounds(cfg, state) == 100  # nothing measured yet
+    state.round, state.elapsed = 2, 30.0  # 15 s a round: 4 rounds fit
+    assert planned_rounds(cfg, state) == 4
+    state.round, state.elapsed = 4, 70.0  # over budget: stop here
+    assert planned_rounds(cfg, state) == 4
+    summary = federate_main([*TINY, "--rounds", "50", "--max_time", "0.05",
+                             "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    assert 1 <= summary["rounds"] < 50
+    assert summary["seconds"] < 60
+
+
+def test_one_method_recipe_serves_train_and_federate(tmp_path):
+    """configs/methods/*.yaml carry train.py keys (max_epochs, knn_every_n_epochs): federate.py
+    takes them unchanged, and bare boolean flags mean true."""
+    from ssl_zoo.config import parse_config
+
+    for path in sorted((ROOT / "configs" / "methods").glob("*.yaml")):
+        cfg = parse_config(FedConfig, ["--config", str(path), "--resume", "--fedbn"], prog="t")
+        assert cfg.resume is True and cfg.fedbn is True and cfg.method == path.stem

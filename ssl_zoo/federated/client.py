@@ -33,6 +33,7 @@ class FedProx(L.Callback):
 
 @dataclass
 class ClientUpdate:
+    client: int
     state: dict[str, torch.Tensor]
     num_examples: int
     private: dict[str, torch.Tensor]
@@ -72,8 +73,10 @@ def fit_client(
     cfg,
     round_index: int,
     client: int,
+    total_rounds: int | None = None,
 ) -> ClientUpdate:
-    """Train on one client for one round (round_index counts from 0)."""
+    """Train on one client for one round (round_index counts from 0) of `total_rounds` (default:
+    cfg.rounds; fewer when a time budget cuts the federation short)."""
     n = len(images)
     if n < 2:
         raise ValueError(f"client {client} has {n} image(s); at least 2 are needed for a batch")
@@ -81,7 +84,8 @@ def fit_client(
     steps_per_round = cfg.local_epochs * (n // batch_size)
     model.load_state_dict(global_state)
     load_private(model, private)
-    model.schedule_offset = (round_index * steps_per_round, cfg.rounds * steps_per_round)
+    total_rounds = total_rounds or cfg.rounds
+    model.schedule_offset = (round_index * steps_per_round, total_rounds * steps_per_round)
     L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
     datamodule = SSLDataModule(splits, views, normalize, batch_size, cfg.num_workers)
@@ -107,5 +111,5 @@ def fit_client(
     loss = trainer.callback_metrics.get("train/loss")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return ClientUpdate(
-        state, n, private_state(model, local_keys), None if loss is None else float(loss)
+        client, state, n, private_state(model, local_keys), None if loss is None else float(loss)
     )

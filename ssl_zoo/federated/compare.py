@@ -1,9 +1,11 @@
 """Several runs side by side: federated runs (methods x partitions) and centralized runs at equal
 total compute, then comparison.csv, comparison.md and comparison.png (kNN top-1 per round).
 
-A comparison file names a base config and a list of runs, each a name plus the options it changes;
+A comparison file names a base config and a list of runs, each a name, optionally `config:` (a
+method's recipe, configs/methods/NAME.yaml, or a list of files) and the options it changes;
 `centralized: true` trains the same method with train.py for rounds x local_epochs x fraction_fit
-epochs, the number of passes over the data the federated clients make together. Flags given on
+epochs, the epochs-equivalent of the federated runs (the passes over the data their clients make
+together), so each federated curve is drawn against a centralized one of equal compute. Flags given on
 the command line next to --compare apply to every run.
 """
 
@@ -56,25 +58,50 @@ def drop_flag(argv: list[str], flag: str) -> list[str]:
 
 
 def centralized_config(fed, run_dir: Path) -> TrainConfig:
+    """train.py with the federation's epochs-equivalent (rounds x local_epochs x fraction_fit, as
+    rounds.csv counts it) and, if it has one, the same time budget; the kNN monitor every epoch."""
     shared = {f.name: getattr(fed, f.name) for f in fields(RunConfig)}
     epochs = max(1, round(fed.rounds * fed.local_epochs * fed.fraction_fit))
-    cfg = TrainConfig(**{**shared, "output_dir": str(run_dir), "resume": False}, max_epochs=epochs)
+    cfg = TrainConfig(**{**shared, "output_dir": str(run_dir), "resume": False,
+                         "max_epochs": epochs, "knn_every_n_epochs": 1})  # fmt: skip
     cfg.validate()
     return cfg
 
 
-def centralized_curve(run_dir: Path, epochs_per_round: float) -> list[tuple[float, float]]:
-    """(round-equivalent, kNN top-1) from a train.py run's metrics.csv."""
+def centralized_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(epochs, kNN top-1) from a train.py run's metrics.csv."""
     points = []
     with (run_dir / "metrics.csv").open() as f:
         for row in csv.DictReader(f):
             if row.get("val/knn_top1"):
                 points.append((float(row["epoch"]), float(row["val/knn_top1"])))
     # The first row is the encoder at initialisation (validated before epoch 0 ends).
-    return [
-        (0.0 if i == 0 else (epoch + 1) / epochs_per_round, knn)
-        for i, (epoch, knn) in enumerate(points)
-    ]
+    return [(0.0 if i == 0 else epoch + 1, knn) for i, (epoch, knn) in enumerate(points)]
+
+
+def federated_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(epochs-equivalent, kNN top-1) per round from rounds.csv."""
+    with (run_dir / "rounds.csv").open() as f:
+        return [(float(r["epochs"]), float(r["knn_top1"])) for r in csv.DictReader(f)]
+
+
+def reuse_or_run(run, cfg, progress: str) -> dict:
+    """A comparison of many runs takes hours: rerunning it with the same --output_dir keeps the
+    runs that finished and resumes the one that was cut off, as long as their settings match."""
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / "config.yaml").exists():
+        ignore = ("output_dir", "resume", "wandb_group", "wandb_name")
+        wanted = {k: v for k, v in cfg.as_dict().items() if k not in ignore}
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if wanted != {k: v for k, v in saved.items() if k not in ignore}:
+            raise UserError(
+                f"{run_dir} holds a run with other settings; choose another --output_dir"
+            )
+        if (run_dir / "summary.json").exists():
+            print(f"[compare] reusing the finished run in {run_dir}", flush=True)
+            return json.loads((run_dir / "summary.json").read_text())
+        cfg.resume = (run_dir / progress).exists()
+    return run(cfg)
 
 
 def compare(cfg, argv: list[str]) -> dict:
@@ -90,35 +117,39 @@ def compare(cfg, argv: list[str]) -> dict:
     common = drop_flag(drop_flag(argv, "--compare"), "--output_dir")
     rows, curves = [], {}
     for spec in runs:
-        name, options = (
-            spec["name"],
-            {k: v for k, v in spec.items() if k not in ("name", "centralized")},
-        )
+        name = spec["name"]
+        options = {k: v for k, v in spec.items() if k not in ("name", "centralized", "config")}
+        # A run's own configs (a method's recipe) compose after the base and before its options.
+        own = spec.get("config") or []
+        own = [own] if isinstance(own, str) else own
         run_dir = out / name
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides = run_dir / "overrides.yaml"
         overrides.write_text(yaml.safe_dump({**options, "output_dir": str(run_dir / "run")}))
-        args = ["--config", base, "--config", str(overrides), *common]
+        args = ["--config", base, *[a for c in own for a in ("--config", c)],
+                "--config", str(overrides), *common]  # fmt: skip
         fed = parse_config(FedConfig, args, prog="federate.py")
         fed.wandb_group = fed.wandb_group or out.name
         fed.wandb_name = name
         print(f"[compare] {name} ...", flush=True)
         if spec.get("centralized"):
             train_cfg = centralized_config(fed, run_dir / "run")
-            summary = train(train_cfg)
-            curve = centralized_curve(run_dir / "run", fed.local_epochs * fed.fraction_fit)
+            summary = reuse_or_run(train, train_cfg, "checkpoints/last.ckpt")
+            curve = centralized_curve(run_dir / "run")
             rows.append({"name": name, "kind": "centralized", "method": fed.method, "partition": "-",
-                         "rounds": train_cfg.max_epochs, "knn_top1_init": summary["knn_top1_init"],
-                         "knn_top1": summary["knn_top1"], "knn_top1_best": max(k for _, k in curve),
-                         "seconds": summary["seconds"], "bytes_up": 0, "bytes_down": 0})  # fmt: skip
-        else:
-            summary = federate(fed)
-            per_round = summary["knn_top1_per_round"]
-            curve = list(enumerate([summary["knn_top1_init"], *per_round]))
-            rows.append({"name": name, "kind": f"federated ({fed.engine})", "method": fed.method,
-                         "partition": fed.partition, "rounds": fed.rounds,
+                         "rounds": "-", "epochs": summary["epochs"],
                          "knn_top1_init": summary["knn_top1_init"], "knn_top1": summary["knn_top1"],
-                         "knn_top1_best": max(per_round), "seconds": summary["seconds"],
+                         "knn_top1_best": max(k for _, k in curve[1:]), "seconds": summary["seconds"],
+                         "seconds_per_round": "-", "bytes_up": 0, "bytes_down": 0})  # fmt: skip
+        else:
+            summary = reuse_or_run(federate, fed, "fed_state.pt")
+            curve = federated_curve(run_dir / "run")
+            rows.append({"name": name, "kind": f"federated ({fed.engine})", "method": fed.method,
+                         "partition": fed.partition, "rounds": summary["rounds"],
+                         "epochs": summary["epochs_equivalent"],
+                         "knn_top1_init": summary["knn_top1_init"], "knn_top1": summary["knn_top1"],
+                         "knn_top1_best": summary["knn_top1_best"], "seconds": summary["seconds"],
+                         "seconds_per_round": summary["seconds_per_round"],
                          "bytes_up": summary["bytes_up"], "bytes_down": summary["bytes_down"]})  # fmt: skip
         curves[name] = curve
     write_reports(out, rows, curves, cfg.compare)
@@ -136,14 +167,17 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"Comparison from `{source}`, {datetime.now():%Y-%m-%d}.", "",
-             "| run | kind | method | partition | rounds/epochs | kNN init | kNN final | kNN best | s | MB up | MB down |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [f"Comparison from `{source}`, {datetime.now():%Y-%m-%d}. Compute is in epochs-equivalent: "
+             "a federated round adds each trained client's local epochs x its share of the images; "
+             "a centralized run of as many epochs trains on as many images.", "",
+             "| run | kind | method | partition | rounds | epochs-equivalent | kNN init | kNN best | kNN final | s | s/round | MB up | MB down |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['kind']} | {r['method']} | {r['partition']} | {r['rounds']} | "
-            f"{r['knn_top1_init']:.3f} | {r['knn_top1']:.3f} | {r['knn_top1_best']:.3f} | "
-            f"{r['seconds']} | {r['bytes_up'] / 1e6:.0f} | {r['bytes_down'] / 1e6:.0f} |"
+            f"{r['epochs']:.2f} | {r['knn_top1_init']:.3f} | {r['knn_top1_best']:.3f} | "
+            f"{r['knn_top1']:.3f} | {r['seconds']} | {r['seconds_per_round']} | "
+            f"{r['bytes_up'] / 1e6:.0f} | {r['bytes_down'] / 1e6:.0f} |"
         )
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     import matplotlib
@@ -155,7 +189,7 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
     for name, curve in curves.items():
         xs, ys = zip(*curve, strict=True)
         ax.plot(xs, ys, marker="o", markersize=3, label=name)
-    ax.set_xlabel("round (centralized: epochs per round's compute)")
+    ax.set_xlabel("epochs-equivalent of compute")
     ax.set_ylabel("kNN top-1")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

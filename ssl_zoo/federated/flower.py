@@ -7,9 +7,10 @@ aggregation code as the embedded loop.
   SuperNodes (see the README); they read the ssl_zoo config named by the run config key `config`.
 
 Per-client state that must survive rounds (memory banks, FedBN's BatchNorm) lives in
-`context.state`, since a deployed ClientApp runs in a fresh process every round. Flower's own
-FedAvg would also average integer buffers such as BatchNorm's num_batches_tracked; SSLFedAvg
-aggregates with ssl_zoo's FedAvg instead, so both engines produce the same global model.
+`context.state`, since a deployed ClientApp runs in a fresh process every round. The server runs
+the embedded engine's round loop (aggregation, server optimizer, evaluation, checkpoints, resume,
+time budget) with Flower carrying the messages: Flower's own FedAvg would also average integer
+buffers such as BatchNorm's num_batches_tracked, so both engines produce the same global model.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from numpy.lib import format as npy
 from torch.utils.data import Subset
 
 from ssl_zoo.errors import UserError
-from ssl_zoo.federated.aggregate import FedAvg, batchnorm_keys, state_bytes
-from ssl_zoo.federated.client import fit_client, private_state
-from ssl_zoo.federated.loop import FedState, evaluate_global, save_state, write_rows
+from ssl_zoo.federated.aggregate import batchnorm_keys
+from ssl_zoo.federated.client import ClientUpdate, fit_client, private_state
+from ssl_zoo.federated.loop import FedState, run_rounds
 
 log = logging.getLogger("ssl_zoo.federated")
 _CACHE: dict[str, tuple] = {}
@@ -87,13 +88,15 @@ def _federation(cfg):
 def train_on_client(cfg, msg: Message, context: Context) -> Message:
     parts, clients, local_keys, initial_private = _federation(cfg)
     client = int(context.node_config["partition-id"])
-    round_index = int(msg.content["config"]["server-round"]) - 1
+    config = msg.content["config"]
+    round_index = int(config["server-round"]) - 1
     private = initial_private
     if "private" in context.state:
         private = to_state(context.state["private"])
     update = fit_client(parts.model, to_state(msg.content["arrays"]), private, local_keys,
                         Subset(parts.splits.train, clients[client].tolist()), parts.views,
-                        parts.normalize, parts.splits.image_size, cfg, round_index, client)  # fmt: skip
+                        parts.normalize, parts.splits.image_size, cfg, round_index, client,
+                        int(config.get("planned-rounds", cfg.rounds)))  # fmt: skip
     context.state["private"] = to_record(update.private)
     metrics = {"num-examples": update.num_examples, "client": client}
     if update.loss is not None:
@@ -102,82 +105,35 @@ def train_on_client(cfg, msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-class SSLFedAvg(FlowerFedAvg):
-    """Flower's FedAvg sampling and messaging with ssl_zoo's aggregation and round log."""
-
-    def __init__(self, cfg, sent_keys: list[str], **kwargs):
-        super().__init__(**kwargs)
-        self.cfg, self.sent_keys = cfg, sent_keys
-        self.round_info: dict = {}
-
-    def aggregate_train(self, server_round: int, replies):
-        tic = time.time()
-        valid, errors = self._check_and_log_replies(replies, is_train=True)
-        accumulator, losses, bytes_up = FedAvg(), [], 0
-        for reply in valid:
-            state = to_state(reply.content["arrays"])
-            metrics = reply.content["metrics"]
-            accumulator.add(state, float(metrics["num-examples"]))
-            bytes_up += state_bytes({k: state[k] for k in self.sent_keys})
-            if "train_loss" in metrics:
-                losses.append(float(metrics["train_loss"]))
-        if accumulator.clients < self.cfg.min_clients:
-            raise UserError(
-                f"round {server_round}: only {accumulator.clients} clients trained "
-                f"(min_clients {self.cfg.min_clients}, {len(errors)} failed)"
-            )
-        averaged = accumulator.result()
-        self.round_info = {
-            "clients": accumulator.clients, "failed": len(errors),
-            "examples": int(accumulator.total_weight),
-            "train_loss": float(np.mean(losses)) if losses else None,
-            "bytes_up": bytes_up,
-            "bytes_down": accumulator.clients * state_bytes({k: averaged[k] for k in self.sent_keys}),
-            "aggregate_seconds": round(time.time() - tic, 4),
-        }  # fmt: skip
-        return to_record(averaged), MetricRecord({"clients": accumulator.clients})
-
-
 def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
-    """The ServerApp's work: FedAvg rounds with a kNN evaluation of the global model after each."""
-    parts, _, local_keys, _ = _federation(cfg)
-    initial = {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()}
-    state = FedState(0, initial)
-    sent_keys = [k for k in initial if k not in local_keys]
-    strategy = SSLFedAvg(
-        cfg, sent_keys, fraction_train=cfg.fraction_fit, fraction_evaluate=0.0,
-        min_train_nodes=cfg.min_clients, min_available_nodes=cfg.num_clients,
-    )  # fmt: skip
-    round_start = [time.time()]
+    """The ServerApp's work: the same round loop as the embedded engine (loop.py), whose clients
+    are reached through Flower: its FedAvg strategy samples the SuperNodes and builds the
+    messages, the Grid carries them, and the replies are aggregated in client order."""
+    parts, clients, _, _ = _federation(cfg)
+    strategy = FlowerFedAvg(fraction_train=cfg.fraction_fit, fraction_evaluate=0.0,
+                            min_train_nodes=cfg.min_clients, min_available_nodes=cfg.num_clients)  # fmt: skip
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        tic = time.time()
-        global_state = to_state(arrays)
-        metrics = evaluate_global(parts, global_state, cfg)
-        row = {"round": server_round, **metrics, "eval_seconds": round(time.time() - tic, 2)}
-        if server_round > 0:
-            row.update(strategy.round_info)
-            row["seconds"] = round(time.time() - round_start[0], 2)
-            row["train_seconds"] = round(row["seconds"] - row["eval_seconds"], 2)
-        state.round, state.global_state = server_round, global_state
-        state.rows.append(row)
-        save_state(run_dir / "fed_state.pt", state)
-        write_rows(run_dir / "rounds.csv", state.rows)
-        if on_round:
-            on_round(row)
-        round_start[0] = time.time()
-        return MetricRecord({k: v for k, v in metrics.items() if v is not None})
+    def fit_round(round_number: int, global_state: dict, state: FedState, total_rounds: int, bar):
+        bar.set_postfix_str("clients training")
+        config = ConfigRecord({"planned-rounds": total_rounds})
+        messages = strategy.configure_train(round_number, to_record(global_state), config, grid)
+        valid, errors = strategy._check_and_log_replies(
+            grid.send_and_receive(messages), is_train=True
+        )
+        for reply in errors:
+            yield -1, None, f"node {reply.metadata.src_node_id}: {reply.error.reason}"
+        updates = []
+        for reply in valid:
+            metrics = reply.content["metrics"]
+            updates.append(ClientUpdate(int(metrics["client"]), to_state(reply.content["arrays"]),
+                                        int(metrics["num-examples"]), {}, metrics.get("train_loss")))  # fmt: skip
+        for update in sorted(updates, key=lambda u: u.client):  # the embedded engine's order
+            yield update.client, update, None
 
-    strategy.start(grid=grid, initial_arrays=to_record(initial), num_rounds=cfg.rounds,
-                   train_config=ConfigRecord({}), evaluate_fn=evaluate)  # fmt: skip
-    return state
+    return run_rounds(cfg, parts, clients, run_dir, on_round, fit_round)
 
 
 def run_flower_simulation(cfg, parts, clients, run_dir: Path, on_round=None) -> FedState:
-    if cfg.resume:
-        raise UserError(
-            "--resume is supported by the embedded engine; rerun with --engine embedded"
-        )
     from flwr.simulation import run_simulation
 
     _remember(cfg, parts, clients)  # the server thread and in-process clients share them
@@ -205,12 +161,14 @@ def run_flower_simulation(cfg, parts, clients, run_dir: Path, on_round=None) -> 
 
 # ---- deployable apps for `flwr run` ----------------------------------------------------------
 def config_from_run(context: Context):
-    """The ssl_zoo config of a deployed run: YAML named by run config `config`, plus overrides."""
+    """The ssl_zoo config of a deployed run: the YAMLs named by run config `config`, then the
+    other run config keys as overrides."""
     from ssl_zoo.config import parse_config
     from ssl_zoo.federate import FedConfig
 
     run = dict(context.run_config)
-    args = ["--config", str(run.pop("config"))]
+    # `config` may name several YAMLs, comma-separated: a base and a method's recipe.
+    args = [a for path in str(run.pop("config")).split(",") for a in ("--config", path.strip())]
     for key, value in run.items():
         args += [f"--{key.replace('-', '_')}", str(value)]
     return parse_config(FedConfig, args, prog="flower")

@@ -1,5 +1,10 @@
-"""The embedded FedAvg loop: sample clients, fit each (client.py), average (aggregate.py),
+"""The federated round loop of both engines: sample clients, fit each (client.py, in this
+process or through Flower), average (aggregate.py), take the server's step (server_optimizer.py),
 evaluate the global backbone on the server, log and checkpoint every round.
+
+`epochs` in rounds.csv is the compute spent so far in epochs-equivalent: the sum over rounds of
+each trained client's local epochs times its share of the training images, so a centralized run of
+that many epochs trains on as many images.
 
 Randomness is derived from (seed, round, client), never carried from one round to the next, so
 a run resumed from its checkpoint after round r repeats rounds r+1... exactly as an uninterrupted
@@ -26,10 +31,11 @@ from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.aggregate import FedAvg, batchnorm_keys, state_bytes
 from ssl_zoo.federated.client import fit_client, private_state
+from ssl_zoo.federated.server_optimizer import ServerOptimizer
 
 log = logging.getLogger("ssl_zoo.federated")
 
-ROUND_FIELDS = ["round", "knn_top1", "knn_top5", "embedding_std", "rankme", "clients",
+ROUND_FIELDS = ["round", "epochs", "knn_top1", "knn_top5", "embedding_std", "rankme", "clients",
                 "failed", "examples", "train_loss", "bytes_down", "bytes_up", "train_seconds",
                 "aggregate_seconds", "eval_seconds", "seconds"]  # fmt: skip
 
@@ -40,6 +46,8 @@ class FedState:
     global_state: dict[str, torch.Tensor]
     private: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+    server: dict = field(default_factory=dict)  # the server optimizer's moments
+    elapsed: float = 0.0  # seconds spent in rounds so far (the --max_time budget)
 
 
 def sample_clients(num_clients: int, fraction: float, minimum: int, seed: int, round_index: int):
@@ -84,44 +92,84 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def run_rounds(
-    cfg, parts: Components, client_indices: list[np.ndarray], run_dir: Path, on_round=None
-) -> FedState:
+def planned_rounds(cfg, state: FedState) -> int:
+    """How many rounds the federation will run: cfg.rounds, or fewer when --max_time would run out
+    first, estimated from the mean length of the rounds so far (re-planned after every round, so
+    the clients' schedules anneal to end with the budget, as train.py's do)."""
+    if not cfg.max_time or state.round == 0:
+        return cfg.rounds
+    per_round = state.elapsed / state.round
+    return max(state.round, min(cfg.rounds, int(cfg.max_time * 60 / per_round)))
+
+
+def fit_locally(cfg, parts: Components, client_indices, local_keys, initial_private):
+    """The embedded engine's round: each sampled client fits in turn in this process."""
+
+    def fit_round(round_number: int, global_state: dict, state: FedState, total_rounds: int, bar):
+        clients = sample_clients(
+            cfg.num_clients, cfg.fraction_fit, cfg.min_clients, cfg.seed, round_number
+        )
+        for position, client in enumerate(clients):
+            bar.set_postfix_str(f"client {position + 1}/{len(clients)}")
+            images = Subset(parts.splits.train, client_indices[client].tolist())
+            try:
+                update = fit_client(parts.model, global_state, state.private.get(client, initial_private),
+                                    local_keys, images, parts.views, parts.normalize, parts.splits.image_size, cfg,
+                                    round_number - 1, client, total_rounds)  # fmt: skip
+            except Exception as err:  # a failing client must not take the round down with it
+                yield client, None, (str(err).strip().splitlines() or [type(err).__name__])[-1]
+                continue
+            state.private[client] = update.private
+            yield client, update, None
+
+    return fit_round
+
+
+def run_rounds(cfg, parts: Components, client_indices: list[np.ndarray], run_dir: Path,
+               on_round=None, fit_round=None) -> FedState:  # fmt: skip
+    """Rounds of sampling, local fits, aggregation, a server step, evaluation and a checkpoint.
+
+    `fit_round(round, global_state, state, total_rounds, bar)` yields (client, update or None,
+    failure reason) for each sampled client: the embedded engine fits them here (fit_locally),
+    the Flower engine sends them messages; everything else is this one loop for both."""
     model = parts.model
     local_keys = batchnorm_keys(model) if cfg.fedbn else set()
+    if fit_round is None:
+        fit_round = fit_locally(
+            cfg, parts, client_indices, local_keys, private_state(model, local_keys)
+        )
+    parameters = {k for k, p in model.named_parameters() if p.is_floating_point()} - local_keys
+    server = ServerOptimizer(
+        cfg.server_optimizer, cfg.server_lr, cfg.resolved_server_momentum, parameters
+    )
     checkpoint = run_dir / "fed_state.pt"
+    share = np.array([len(c) for c in client_indices], dtype=float) / max(
+        1, sum(len(c) for c in client_indices)
+    )
     if cfg.resume:
         state = load_state(checkpoint)
+        server.load_state_dict(state.server)
         log.info("resuming after round %d", state.round)
     else:
         state = FedState(0, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         tic = time.time()
-        state.rows.append({"round": 0, **evaluate_global(parts, state.global_state, cfg),
+        state.rows.append({"round": 0, **evaluate_global(parts, state.global_state, cfg), "epochs": 0.0,
                            "eval_seconds": round(time.time() - tic, 2)})  # fmt: skip
         save_state(checkpoint, state)
         write_rows(run_dir / "rounds.csv", state.rows)
         if on_round:
             on_round(state.rows[-1])
-    # A client's first round starts from the method's initial private state (e.g. empty queues).
-    initial_private = private_state(model, local_keys)
     sent_keys = [k for k in state.global_state if k not in local_keys]
-    bar = tqdm(range(state.round + 1, cfg.rounds + 1), desc="rounds", unit="round", initial=state.round,
-               total=cfg.rounds)  # fmt: skip
-    for round_number in bar:
-        start = time.time()
-        clients = sample_clients(
-            cfg.num_clients, cfg.fraction_fit, cfg.min_clients, cfg.seed, round_number
-        )
+    bar = tqdm(desc="rounds", unit="round", initial=state.round, total=planned_rounds(cfg, state))
+    while state.round < (total_rounds := planned_rounds(cfg, state)):
+        bar.total = total_rounds
+        round_number, start = state.round + 1, time.time()
         accumulator, failed, losses, bytes_up, aggregate_seconds = FedAvg(), [], [], 0, 0.0
-        for position, client in enumerate(clients):
-            bar.set_postfix_str(f"client {position + 1}/{len(clients)}")
-            images = Subset(parts.splits.train, client_indices[client].tolist())
-            try:
-                update = fit_client(model, state.global_state, state.private.get(client, initial_private),
-                                    local_keys, images, parts.views, parts.normalize, parts.splits.image_size, cfg,
-                                    round_number - 1, client)  # fmt: skip
-            except Exception as err:  # a failing client must not take the round down with it
-                reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        epochs = 0.0
+        for client, update, reason in fit_round(
+            round_number, state.global_state, state, total_rounds, bar
+        ):
+            if update is None:
                 log.warning(
                     "client %d failed in round %d and is dropped: %s", client, round_number, reason
                 )
@@ -130,26 +178,31 @@ def run_rounds(
             tic = time.time()
             accumulator.add(update.state, update.num_examples)
             aggregate_seconds += time.time() - tic
-            state.private[client] = update.private
             bytes_up += state_bytes({k: update.state[k] for k in sent_keys})
+            epochs += cfg.local_epochs * share[client]
             if update.loss is not None:
                 losses.append(update.loss)
         train_seconds = time.time() - start - aggregate_seconds
         if accumulator.clients < cfg.min_clients:
             raise UserError(
-                f"round {round_number}: only {accumulator.clients} of {len(clients)} clients trained "
+                f"round {round_number}: only {accumulator.clients} clients trained "
                 f"(min_clients {cfg.min_clients}; failed: {failed}); the last good checkpoint "
                 f"(round {state.round}) is in {checkpoint}"
             )
         tic = time.time()
-        state.global_state = accumulator.result()
+        state.global_state = server.step(state.global_state, accumulator.result())
+        state.server = server.state_dict()
         aggregate_seconds += time.time() - tic
         tic = time.time()
         metrics = evaluate_global(parts, state.global_state, cfg)
-        bytes_down = len(clients) * state_bytes({k: state.global_state[k] for k in sent_keys})
+        bytes_down = accumulator.clients * state_bytes(
+            {k: state.global_state[k] for k in sent_keys}
+        )
         state.round = round_number
+        state.elapsed += time.time() - start
         state.rows.append({
-            "round": round_number, **metrics, "clients": accumulator.clients, "failed": len(failed),
+            "round": round_number, **metrics, "epochs": round(state.rows[-1]["epochs"] + epochs, 4),
+            "clients": accumulator.clients, "failed": len(failed),
             "examples": int(accumulator.total_weight),
             "train_loss": float(np.mean(losses)) if losses else None,
             "bytes_down": bytes_down, "bytes_up": bytes_up,
@@ -160,5 +213,7 @@ def run_rounds(
         write_rows(run_dir / "rounds.csv", state.rows)
         if on_round:
             on_round(state.rows[-1])
+        bar.update(1)
         bar.set_postfix_str(f"kNN {metrics.get('knn_top1', float('nan')):.3f}")
+    bar.close()
     return state
