@@ -104,8 +104,24 @@ def reuse_or_run(run, cfg, progress: str) -> dict:
     return run(cfg)
 
 
+def run_config(base: str, spec: dict, run_dir: Path, common: list[str]):
+    """One run's FedConfig: the base, the run's own configs (a method's recipe), its options
+    (written to run_dir/overrides.yaml), then the flags given next to --compare."""
+    from ssl_zoo.federate import FedConfig
+
+    options = {k: v for k, v in spec.items() if k not in ("name", "centralized", "config")}
+    own = spec.get("config") or []
+    own = [own] if isinstance(own, str) else own
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = run_dir / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump({**options, "output_dir": str(run_dir / "run")}))
+    args = ["--config", base, *[a for c in own for a in ("--config", c)],
+            "--config", str(overrides), *common]  # fmt: skip
+    return parse_config(FedConfig, args, prog="federate.py")
+
+
 def compare(cfg, argv: list[str]) -> dict:
-    from ssl_zoo.federate import FedConfig, federate
+    from ssl_zoo.federate import federate
     from ssl_zoo.train import train
 
     start = time.time()
@@ -117,18 +133,8 @@ def compare(cfg, argv: list[str]) -> dict:
     common = drop_flag(drop_flag(argv, "--compare"), "--output_dir")
     rows, curves = [], {}
     for spec in runs:
-        name = spec["name"]
-        options = {k: v for k, v in spec.items() if k not in ("name", "centralized", "config")}
-        # A run's own configs (a method's recipe) compose after the base and before its options.
-        own = spec.get("config") or []
-        own = [own] if isinstance(own, str) else own
-        run_dir = out / name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        overrides = run_dir / "overrides.yaml"
-        overrides.write_text(yaml.safe_dump({**options, "output_dir": str(run_dir / "run")}))
-        args = ["--config", base, *[a for c in own for a in ("--config", c)],
-                "--config", str(overrides), *common]  # fmt: skip
-        fed = parse_config(FedConfig, args, prog="federate.py")
+        name, run_dir = spec["name"], out / spec["name"]
+        fed = run_config(base, spec, run_dir, common)
         fed.wandb_group = fed.wandb_group or out.name
         fed.wandb_name = name
         print(f"[compare] {name} ...", flush=True)
