@@ -204,7 +204,9 @@ def finish_run(cfg: FedConfig, parts: Components, state, run_dir: Path, start: f
         "server_lr": cfg.server_lr,
         "knn_top1_init": rows[0].get("knn_top1"),
         "knn_top1": rows[-1].get("knn_top1"),
-        "knn_top1_best": max((r.get("knn_top1") or 0.0 for r in trained), default=None),
+        "knn_top1_best": max(
+            (r["knn_top1"] for r in trained if r.get("knn_top1") is not None), default=None
+        ),
         "knn_top1_per_round": [r.get("knn_top1") for r in trained],
         "bytes_up": sum(r["bytes_up"] for r in trained),
         "bytes_down": sum(r["bytes_down"] for r in trained),
