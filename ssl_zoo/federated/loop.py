@@ -148,7 +148,8 @@ def run_rounds(cfg, parts: Components, client_indices: list[np.ndarray], run_dir
     )
     if cfg.resume:
         state = load_state(checkpoint)
-        server.load_state_dict(state.server)
+        if state.server:  # empty when killed before the first round ended
+            server.load_state_dict(state.server)
         log.info("resuming after round %d", state.round)
     else:
         state = FedState(0, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
@@ -195,7 +196,8 @@ def run_rounds(cfg, parts: Components, client_indices: list[np.ndarray], run_dir
         aggregate_seconds += time.time() - tic
         tic = time.time()
         metrics = evaluate_global(parts, state.global_state, cfg)
-        bytes_down = accumulator.clients * state_bytes(
+        # Every sampled client was sent the model, including those that failed.
+        bytes_down = (accumulator.clients + len(failed)) * state_bytes(
             {k: state.global_state[k] for k in sent_keys}
         )
         state.round = round_number
