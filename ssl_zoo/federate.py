@@ -19,6 +19,7 @@ from ssl_zoo.components import Components, build_components, prepare_run_dir, va
 from ssl_zoo.config import RunConfig, parse_config
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError, run_main, unknown_choice
+from ssl_zoo.federated.algorithms import ALGORITHMS, Stack, build_algorithm
 from ssl_zoo.federated.partition import PARTITIONS, class_histograms, partition, plot_histograms
 from ssl_zoo.federated.server_optimizer import SERVER_OPTIMIZERS
 
@@ -27,7 +28,9 @@ ENGINES = ("embedded", "flower")
 
 @dataclass
 class FedConfig(RunConfig):
-    """Federated SSL with FedAvg: clients train the same method modules as train.py.
+    """Federated SSL: clients train the same method modules as train.py; a federated algorithm
+    (ssl_zoo/federated/algorithms) says how they merge the global model and how the server
+    aggregates.
 
     The compute of a federation is counted in epochs-equivalent (rounds.csv `epochs`): each round
     adds every trained client's local_epochs x its share of the training images.
@@ -42,8 +45,15 @@ class FedConfig(RunConfig):
         fraction_fit: Fraction of clients sampled each round.
         local_epochs: Epochs each sampled client trains per round.
         min_clients: Fewest clients that must train successfully for a round to count.
-        fedbn: Keep BatchNorm layers local to each client (FedBN).
-        fedprox_mu: Weight of FedProx's proximal term (0: plain FedAvg).
+        fed_algorithm: fedavg, fedema (FedEMA), fedu (FedU), ldawa (L-DAWA), fedx (FedX) or
+            fusion (feature fusion + neighbourhood matching, Wu et al.; shares features).
+        fedbn: Keep BatchNorm layers local to each client (FedBN), beside any algorithm.
+        fedprox_mu: Weight of FedProx's proximal term (0: none), beside any algorithm.
+        fedema_tau: FedEMA's tau: the EMA weight of a client's first merge (lambda = tau / divergence).
+        fedu_threshold: FedU's divergence below which the predictor is taken from the server.
+        shared_features: fusion: how many normalised features of its images a client uploads
+            per round.
+        fusion_match_weight: fusion: weight of the neighbourhood-matching loss.
         server_optimizer: The server's step on the clients' averaged update: sgd (FedAvg; FedAvgM
             with server_lr or server_momentum), adam (FedAdam) or yogi (FedYogi), as Flower's
             strategies define them.
@@ -61,8 +71,13 @@ class FedConfig(RunConfig):
     fraction_fit: float = 1.0
     local_epochs: int = 1
     min_clients: int = 1
+    fed_algorithm: str = "fedavg"
     fedbn: bool = False
     fedprox_mu: float = 0.0
+    fedema_tau: float = 0.7
+    fedu_threshold: float = 0.4
+    shared_features: int = 1024
+    fusion_match_weight: float = 1.0
     server_optimizer: str = "sgd"
     server_lr: float = 1.0
     server_momentum: float | None = None
@@ -87,6 +102,13 @@ class FedConfig(RunConfig):
             (self.local_epochs >= 1, f"local_epochs must be >= 1 (got {self.local_epochs})"),
             (1 <= self.min_clients <= self.num_clients, "min_clients must be in [1, num_clients]"),
             (self.fedprox_mu >= 0, "fedprox_mu must be >= 0"),
+            (self.fedema_tau > 0, f"fedema_tau must be > 0 (got {self.fedema_tau})"),
+            (self.fedu_threshold >= 0, f"fedu_threshold must be >= 0 (got {self.fedu_threshold})"),
+            (
+                self.shared_features >= 1,
+                f"shared_features must be >= 1 (got {self.shared_features})",
+            ),
+            (self.fusion_match_weight >= 0, "fusion_match_weight must be >= 0"),
             (self.server_lr > 0, f"server_lr must be > 0 (got {self.server_lr})"),
             (
                 0 <= self.resolved_server_momentum < 1,
@@ -98,23 +120,32 @@ class FedConfig(RunConfig):
         super().validate()
         if self.engine not in ENGINES:
             raise unknown_choice("engine", self.engine, ENGINES)
+        if self.fed_algorithm not in ALGORITHMS:
+            raise unknown_choice("fed_algorithm", self.fed_algorithm, ALGORITHMS)
         if self.partition not in PARTITIONS:
             raise unknown_choice("partition", self.partition, PARTITIONS)
         if self.server_optimizer not in SERVER_OPTIMIZERS:
             raise unknown_choice("server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
 
 
-def build_federation(cfg: FedConfig) -> tuple[Components, list]:
+def build_federation(cfg: FedConfig) -> tuple[Components, list, Stack]:
+    algorithm = build_algorithm(cfg)
+    algorithm.check(cfg.method)
+    # Seeded here, not by the caller: Flower's simulation builds the federation again in each
+    # client actor, whose initial private state (a target network kept local, a memory bank)
+    # must be the server's.
+    L.seed_everything(cfg.seed, verbose=False)
     parts = build_components(cfg)
     # Clients hold no labels, so the online probe would never train: drop it.
     parts.model.probe = None
+    algorithm.prepare(parts.model)
     labels = dataset_labels(parts.splits.train)
     if (labels < 0).any() and cfg.partition != "iid":
         raise UserError(f"partition {cfg.partition} needs labels; this dataset has none: use iid")
     clients = partition(
         labels, cfg.num_clients, cfg.partition, cfg.alpha, cfg.classes_per_client, cfg.seed
     )
-    return parts, clients
+    return parts, clients, algorithm
 
 
 def write_partition(run_dir: Path, labels, clients, num_classes: int, title: str):
@@ -160,8 +191,7 @@ def federate(cfg: FedConfig) -> dict:
     start = time.time()
     validate_names(cfg)
     run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="fed-")
-    L.seed_everything(cfg.seed, verbose=False)
-    parts, clients = build_federation(cfg)
+    parts, clients, algorithm = build_federation(cfg)
     labels = dataset_labels(parts.splits.train)
     title = f"{cfg.partition} over {cfg.num_clients} clients" + (
         f" (alpha {cfg.alpha})" if cfg.partition == "dirichlet" else ""
@@ -173,11 +203,11 @@ def federate(cfg: FedConfig) -> dict:
     if cfg.engine == "embedded":
         from ssl_zoo.federated.loop import run_rounds
 
-        state = run_rounds(cfg, parts, clients, run_dir, on_round=wandb)
+        state = run_rounds(cfg, parts, algorithm, clients, run_dir, on_round=wandb)
     else:
         from ssl_zoo.federated.flower import run_flower_simulation
 
-        state = run_flower_simulation(cfg, parts, clients, run_dir, on_round=wandb)
+        state = run_flower_simulation(cfg, parts, clients, algorithm, run_dir, on_round=wandb)
 
     summary = finish_run(cfg, parts, state, run_dir, start)
     if wandb is not None:
@@ -197,6 +227,7 @@ def finish_run(cfg: FedConfig, parts: Components, state, run_dir: Path, start: f
         "method": cfg.method,
         "engine": cfg.engine,
         "partition": cfg.partition,
+        "fed_algorithm": cfg.fed_algorithm,
         "num_clients": cfg.num_clients,
         "rounds": len(trained),
         "epochs_equivalent": rows[-1].get("epochs"),

@@ -15,7 +15,7 @@ from conftest import ROOT, last_json_line, run_script
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.federate import FedConfig, build_federation
 from ssl_zoo.federate import main as federate_main
-from ssl_zoo.federated.aggregate import FedAvg, batchnorm_keys, fedavg
+from ssl_zoo.federated.aggregate import WeightedMean, fedavg
 from ssl_zoo.federated.client import fit_client, load_private
 from ssl_zoo.federated.flower import to_record, to_state
 from ssl_zoo.federated.partition import class_histograms, partition
@@ -73,13 +73,13 @@ def test_fedavg_is_the_sample_weighted_mean_of_parameters_and_batchnorm_buffers(
     assert torch.allclose(averaged["weight"], torch.full((3,), (1.0 * 10 + 4.0 * 30) / 40))
     assert torch.allclose(averaged["running_mean"], torch.full((3,), (2.0 * 10 - 1.0 * 30) / 40))
     assert averaged["num_batches_tracked"].item() == 7 and averaged["weight"].dtype == torch.float32
-    streaming = FedAvg()
+    streaming = WeightedMean()
     streaming.add(bn_a.state_dict(), 10)
     streaming.add(bn_b.state_dict(), 30)
     assert all(torch.equal(streaming.result()[k], averaged[k]) for k in averaged)
     # The running sum is accumulated in place: it must never alias a client's tensors.
     client = {"w": torch.ones(2, dtype=torch.float64)}
-    streaming = FedAvg()
+    streaming = WeightedMean()
     streaming.add(client, 3.0)
     streaming.add({"w": torch.zeros(2, dtype=torch.float64)}, 1.0)
     assert torch.equal(client["w"], torch.ones(2, dtype=torch.float64))
@@ -94,12 +94,12 @@ def tiny_federation(*extra):
 
 
 def test_momentum_methods_aggregate_online_predictor_and_target():
-    cfg, parts, clients = tiny_federation("--method", "byol", "--rounds", "1")
+    cfg, parts, clients, algorithm = tiny_federation("--method", "byol", "--rounds", "1")
     state = parts.model.state_dict()
     updates = []
     for client in range(2):
         images = torch.utils.data.Subset(parts.splits.train, clients[client].tolist())
-        updates.append(fit_client(parts.model, state, {}, set(), images, parts.views, parts.normalize, 32,
+        updates.append(fit_client(parts.model, state, {}, algorithm, images, parts.views, parts.normalize, 32,
                                   cfg, 0, client))  # fmt: skip
     averaged = fedavg([u.state for u in updates], [u.num_examples for u in updates])
     assert set(averaged) == set(state)
@@ -116,13 +116,13 @@ def test_momentum_methods_aggregate_online_predictor_and_target():
 
 
 def test_fedbn_keeps_batchnorm_local_and_schedule_follows_the_global_round():
-    cfg, parts, clients = tiny_federation("--fedbn", "true")
+    cfg, parts, clients, algorithm = tiny_federation("--fedbn", "true")
     model = parts.model
-    local = batchnorm_keys(model)
+    local = algorithm.local_keys(model)
     bn = torch.nn.modules.batchnorm._BatchNorm
     assert local and all(isinstance(model.get_submodule(k.rsplit(".", 1)[0]), bn) for k in local)
     images = torch.utils.data.Subset(parts.splits.train, clients[0].tolist())
-    update = fit_client(model, model.state_dict(), {}, local, images, parts.views, parts.normalize, 32,
+    update = fit_client(model, model.state_dict(), {}, algorithm, images, parts.views, parts.normalize, 32,
                         cfg, 1, 0)  # fmt: skip
     steps = len(images) // 16
     assert model.schedule_offset == (steps, 2 * steps)  # round 2 of 2 continues the schedule
@@ -166,7 +166,7 @@ def test_a_failing_client_is_dropped_and_too_few_fail_the_run(tmp_path, caplog):
         "--rounds",
         "1",
     ]
-    cfg, parts, clients = tiny_federation(*args[len(TINY) :])
+    cfg, parts, clients, _ = tiny_federation(*args[len(TINY) :])
     starved = [c for c, idx in enumerate(clients) if len(idx) < 2]
     assert 0 < len(starved) < 6, [len(c) for c in clients]
     summary = federate_main([*args, "--output_dir", str(tmp_path / "ok"), "--min_clients", "2"])
@@ -223,14 +223,26 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, engine):
     assert len(again["knn_top1_per_round"]) == 3 and again["rounds"] == 3
 
 
-def test_flower_simulation_matches_the_embedded_loop(tmp_path):
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "algorithm, method",
+    [("fedavg", "simsiam"), ("fedema", "byol"), ("fusion", "simclr"),
+     pytest.param("fedu", "byol", marks=SLOW), pytest.param("ldawa", "simsiam", marks=SLOW),
+     pytest.param("fedx", "simclr", marks=SLOW)],
+)  # fmt: skip
+def test_flower_simulation_matches_the_embedded_loop(tmp_path, algorithm, method):
+    """Every algorithm's hooks run through both engines: private client state (FedEMA), payloads
+    both ways (fusion's features), a loss term (FedX), the server rule (L-DAWA)."""
+    args = [*TINY, "--method", method, "--fed_algorithm", algorithm]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in Flower's actors (one CPU each): same float reduction order
     try:
-        embedded = federate_main([*TINY, "--output_dir", str(tmp_path / "embedded")])
+        embedded = federate_main([*args, "--output_dir", str(tmp_path / "embedded")])
     finally:
         torch.set_num_threads(threads)
-    flower = federate_main([*TINY, "--output_dir", str(tmp_path / "flower"), "--engine", "flower"])
+    flower = federate_main([*args, "--output_dir", str(tmp_path / "flower"), "--engine", "flower"])
     assert flower["engine"] == "flower" and len(flower["knn_top1_per_round"]) == 2
     a = torch.load(tmp_path / "embedded" / "fed_state.pt", weights_only=False)["global_state"]
     b = torch.load(tmp_path / "flower" / "fed_state.pt", weights_only=False)["global_state"]
@@ -240,6 +252,10 @@ def test_flower_simulation_matches_the_embedded_loop(tmp_path):
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     assert worst == 0.0, worst
     assert embedded["knn_top1_per_round"] == flower["knn_top1_per_round"]
+    assert (
+        embedded["bytes_up"] == flower["bytes_up"]
+        and embedded["bytes_down"] == flower["bytes_down"]
+    )
 
 
 def test_flower_records_hold_the_same_bytes_as_flowers_own_and_round_trip():
@@ -447,9 +463,13 @@ def test_the_federated_quickstart_learns_round_by_round(tmp_path):
     assert summary["knn_top1"] >= summary["knn_top1_best"] - 0.01, summary
 
 
-@pytest.mark.parametrize("name", ["compare.yaml", "compare-cifar10.yaml"])
+@pytest.mark.parametrize(
+    "name", ["compare.yaml", "compare-cifar10.yaml", "compare-algorithms.yaml"]
+)
 def test_shipped_comparisons_name_valid_runs(tmp_path, name):
-    """Every run of the shipped comparison files parses into a valid config (no training)."""
+    """Every run of the shipped comparison files parses into a valid config whose algorithm fits
+    its method (no training)."""
+    from ssl_zoo.federated.algorithms import build_algorithm
     from ssl_zoo.federated.compare import centralized_config, load_comparison, run_config
 
     base, runs = load_comparison(f"configs/federated/{name}")
@@ -458,5 +478,6 @@ def test_shipped_comparisons_name_valid_runs(tmp_path, name):
         cfg = run_config(base, spec, tmp_path / spec["name"], [])
         if spec.get("centralized"):
             assert centralized_config(cfg, tmp_path).max_epochs == cfg.rounds * cfg.local_epochs
+        build_algorithm(cfg).check(cfg.method)
         methods.add(cfg.method)
     assert len(runs) >= 4 and methods

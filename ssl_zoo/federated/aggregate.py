@@ -11,11 +11,9 @@ averages BatchNorm (its kNN monitor needs statistics) but clients keep and use t
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 
-class FedAvg:
+class WeightedMean:
     def __init__(self):
         self._sums: dict[str, torch.Tensor] = {}
         self._ints: dict[str, torch.Tensor] = {}
@@ -51,20 +49,10 @@ class FedAvg:
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    accumulator = FedAvg()
+    accumulator = WeightedMean()
     for state, weight in zip(states, weights, strict=True):
         accumulator.add(state, weight)
     return accumulator.result()
-
-
-def batchnorm_keys(model: nn.Module) -> set[str]:
-    """state_dict keys of every BatchNorm layer (weights, biases and running statistics)."""
-    keys = set()
-    for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm):
-            prefix = f"{name}." if name else ""
-            keys |= {prefix + k for k in module.state_dict()}
-    return keys
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:

@@ -2,33 +2,23 @@
 Lightning Trainer for `local_epochs` on the client's images, return the new state.
 
 Clients hold no labels: their images are served with label -1, so the online probe stays idle.
-Per-client state that must survive between rounds (MoCo's queue, NNCLR's support set, FedBN's
-BatchNorm layers) is returned separately and handed back at the client's next round.
+Per-client state that must survive between rounds (MoCo's queue, NNCLR's support set, the keys an
+algorithm keeps local, such as FedBN's BatchNorm layers, and an algorithm's own entries) is
+returned separately and handed back at the client's next round. The algorithm (algorithms/) acts
+through its hooks around the method's own fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning.pytorch as L
 import torch
 from torch.utils.data import Dataset
 
-from ssl_zoo.data import Splits, SSLDataModule, Unlabeled
+from ssl_zoo.data import Splits, SSLDataModule, Unlabeled, normalized, uint8_images
+from ssl_zoo.federated.algorithms import Stack
 from ssl_zoo.methods import SSLMethod
-
-
-class FedProx(L.Callback):
-    """Adds the gradient of mu/2 * ||w - w_global||^2 (Li et al., 2020) after each backward."""
-
-    def __init__(self, mu: float, global_state: dict[str, torch.Tensor]):
-        self.mu, self.global_state = mu, global_state
-
-    def on_after_backward(self, trainer, pl_module) -> None:
-        for name, param in pl_module.named_parameters():
-            if param.grad is not None and name in self.global_state:
-                anchor = self.global_state[name].to(param.device)
-                param.grad.add_(param.detach() - anchor, alpha=self.mu)
 
 
 @dataclass
@@ -38,6 +28,7 @@ class ClientUpdate:
     num_examples: int
     private: dict[str, torch.Tensor]
     loss: float | None
+    upload: dict[str, torch.Tensor] = field(default_factory=dict)  # sent besides the weights
 
 
 def client_seed(seed: int, round_index: int, client: int) -> int:
@@ -54,9 +45,12 @@ def private_state(model: SSLMethod, local_keys: set[str]) -> dict[str, torch.Ten
 
 
 def load_private(model: SSLMethod, private: dict[str, torch.Tensor]) -> None:
+    """The client's own buffers and local keys; an algorithm's entries ("name/...") are its own."""
     buffers, params = dict(model.named_buffers()), dict(model.named_parameters())
     with torch.no_grad():
         for key, value in private.items():
+            if "/" in key:
+                continue
             target = buffers.get(key, params.get(key))
             target.copy_(value.to(target.device))
 
@@ -65,7 +59,7 @@ def fit_client(
     model: SSLMethod,
     global_state: dict[str, torch.Tensor],
     private: dict[str, torch.Tensor],
-    local_keys: set[str],
+    algorithm: Stack,
     images: Dataset,
     views,
     normalize: dict,
@@ -74,19 +68,23 @@ def fit_client(
     round_index: int,
     client: int,
     total_rounds: int | None = None,
+    received: dict[str, torch.Tensor] | None = None,
 ) -> ClientUpdate:
     """Train on one client for one round (round_index counts from 0) of `total_rounds` (default:
-    cfg.rounds; fewer when a time budget cuts the federation short)."""
+    cfg.rounds; fewer when a time budget cuts the federation short); `received` is what the
+    server broadcast besides the weights."""
     n = len(images)
     if n < 2:
         raise ValueError(f"client {client} has {n} image(s); at least 2 are needed for a batch")
     batch_size = min(cfg.batch_size, n)
     steps_per_round = cfg.local_epochs * (n // batch_size)
+    private = dict(private)  # amended by the algorithm; the caller's copy stays as it was
     model.load_state_dict(global_state)
     load_private(model, private)
+    L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)
+    algorithm.client_start(model, global_state, private, received or {}, client)
     total_rounds = total_rounds or cfg.rounds
     model.schedule_offset = (round_index * steps_per_round, total_rounds * steps_per_round)
-    L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
     datamodule = SSLDataModule(splits, views, normalize, batch_size, cfg.num_workers)
     trainer = L.Trainer(
@@ -100,9 +98,13 @@ def fit_client(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[FedProx(cfg.fedprox_mu, global_state)] if cfg.fedprox_mu > 0 else [],
+        callbacks=algorithm.callbacks(global_state),
     )
-    trainer.fit(model, datamodule=datamodule)
+    model.client_loss = algorithm.client_loss
+    try:
+        trainer.fit(model, datamodule=datamodule)
+    finally:
+        model.client_loss = None
     # The model keeps a reference to this Trainer until the next client's, and a Trainer's
     # reference cycles wait for a full garbage collection: without this, every client left its
     # momentum buffers behind (64 clients: peak RSS 1.29 -> 1.70 GB; now flat).
@@ -110,6 +112,11 @@ def fit_client(
         optimizer.state.clear()
     loss = trainer.callback_metrics.get("train/loss")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return ClientUpdate(
-        client, state, n, private_state(model, local_keys), None if loss is None else float(loss)
+    upload = algorithm.upload(
+        model, lambda: normalized(uint8_images(images, image_size), normalize)
     )
+    kept = {k: v for k, v in private.items() if "/" in k}  # the algorithm's entries, as amended
+    kept |= private_state(model, algorithm.local_keys(model)) | algorithm.client_end(
+        model, global_state
+    )
+    return ClientUpdate(client, state, n, kept, None if loss is None else float(loss), upload)

@@ -91,8 +91,11 @@ def reuse_or_run(run, cfg, progress: str) -> dict:
     run_dir = Path(cfg.output_dir)
     if (run_dir / "config.yaml").exists():
         ignore = ("output_dir", "resume", "wandb_group", "wandb_name")
-        wanted = {k: v for k, v in cfg.as_dict().items() if k not in ignore}
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        # An option added to ssl_zoo after the run was saved counts as unchanged at its default.
+        defaults = {f.name: f.default for f in fields(cfg)}
+        wanted = {k: v for k, v in cfg.as_dict().items()
+                  if k not in ignore and (k in saved or v != defaults.get(k))}  # fmt: skip
         if wanted != {k: v for k, v in saved.items() if k not in ignore}:
             raise UserError(
                 f"{run_dir} holds a run with other settings; choose another --output_dir"
@@ -142,7 +145,7 @@ def compare(cfg, argv: list[str]) -> dict:
             train_cfg = centralized_config(fed, run_dir / "run")
             summary = reuse_or_run(train, train_cfg, "checkpoints/last.ckpt")
             curve = centralized_curve(run_dir / "run")
-            rows.append({"name": name, "kind": "centralized", "method": fed.method, "partition": "-",
+            rows.append({"name": name, "kind": "centralized", "method": fed.method, "algorithm": "-", "partition": "-",
                          "rounds": "-", "epochs": summary["epochs"],
                          "knn_top1_init": summary["knn_top1_init"], "knn_top1": summary["knn_top1"],
                          "knn_top1_best": max(k for _, k in curve[1:]), "seconds": summary["seconds"],
@@ -151,6 +154,7 @@ def compare(cfg, argv: list[str]) -> dict:
             summary = reuse_or_run(federate, fed, "fed_state.pt")
             curve = federated_curve(run_dir / "run")
             rows.append({"name": name, "kind": f"federated ({fed.engine})", "method": fed.method,
+                         "algorithm": fed.fed_algorithm + "+fedprox" * (fed.fedprox_mu > 0) + "+fedbn" * fed.fedbn,
                          "partition": fed.partition, "rounds": summary["rounds"],
                          "epochs": summary["epochs_equivalent"],
                          "knn_top1_init": summary["knn_top1_init"], "knn_top1": summary["knn_top1"],
@@ -176,11 +180,11 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
     lines = [f"Comparison from `{source}`, {datetime.now():%Y-%m-%d}. Compute is in epochs-equivalent: "
              "a federated round adds each trained client's local epochs x its share of the images; "
              "a centralized run of as many epochs trains on as many images.", "",
-             "| run | kind | method | partition | rounds | epochs-equivalent | kNN init | kNN best | kNN final | s | s/round | MB up | MB down |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| run | kind | method | algorithm | partition | rounds | epochs-equivalent | kNN init | kNN best | kNN final | s | s/round | MB up | MB down |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['kind']} | {r['method']} | {r['partition']} | {r['rounds']} | "
+            f"| {r['name']} | {r['kind']} | {r['method']} | {r['algorithm']} | {r['partition']} | {r['rounds']} | "
             f"{r['epochs']:.2f} | {r['knn_top1_init']:.3f} | {r['knn_top1_best']:.3f} | "
             f"{r['knn_top1']:.3f} | {r['seconds']} | {r['seconds_per_round']} | "
             f"{r['bytes_up'] / 1e6:.0f} | {r['bytes_down'] / 1e6:.0f} |"

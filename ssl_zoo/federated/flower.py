@@ -31,7 +31,6 @@ from numpy.lib import format as npy
 from torch.utils.data import Subset
 
 from ssl_zoo.errors import UserError
-from ssl_zoo.federated.aggregate import batchnorm_keys
 from ssl_zoo.federated.client import ClientUpdate, fit_client, private_state
 from ssl_zoo.federated.loop import FedState, run_rounds
 
@@ -68,40 +67,51 @@ def to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return state
 
 
+def split(arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(model state, the algorithm's tensors): Flower's strategies expect one ArrayRecord per
+    message, so an algorithm's payload travels in it under names with a "/", which no state-dict
+    key has."""
+    return ({k: v for k, v in arrays.items() if "/" not in k},
+            {k: v for k, v in arrays.items() if "/" in k})  # fmt: skip
+
+
 def _key(cfg) -> str:
     return json.dumps(cfg.as_dict(), sort_keys=True, default=str)
 
 
-def _remember(cfg, parts, clients) -> tuple:
-    local_keys = batchnorm_keys(parts.model) if cfg.fedbn else set()
-    _CACHE[_key(cfg)] = (parts, clients, local_keys, private_state(parts.model, local_keys))
+def _remember(cfg, parts, clients, algorithm) -> tuple:
+    initial_private = private_state(parts.model, algorithm.local_keys(parts.model))
+    _CACHE[_key(cfg)] = (parts, clients, algorithm, initial_private)
     return _CACHE[_key(cfg)]
 
 
 def _federation(cfg):
-    """Components and partitions, built once per process (Flower calls the app every round)."""
+    """Components, partitions and the algorithm, built once per process (Flower calls the app
+    every round)."""
     from ssl_zoo.federate import build_federation
 
     return _CACHE.get(_key(cfg)) or _remember(cfg, *build_federation(cfg))
 
 
 def train_on_client(cfg, msg: Message, context: Context) -> Message:
-    parts, clients, local_keys, initial_private = _federation(cfg)
+    parts, clients, algorithm, initial_private = _federation(cfg)
     client = int(context.node_config["partition-id"])
     config = msg.content["config"]
     round_index = int(config["server-round"]) - 1
     private = initial_private
     if "private" in context.state:
         private = to_state(context.state["private"])
-    update = fit_client(parts.model, to_state(msg.content["arrays"]), private, local_keys,
+    global_state, received = split(to_state(msg.content["arrays"]))
+    update = fit_client(parts.model, global_state, private, algorithm,
                         Subset(parts.splits.train, clients[client].tolist()), parts.views,
                         parts.normalize, parts.splits.image_size, cfg, round_index, client,
-                        int(config.get("planned-rounds", cfg.rounds)))  # fmt: skip
+                        int(config.get("planned-rounds", cfg.rounds)), received)  # fmt: skip
     context.state["private"] = to_record(update.private)
     metrics = {"num-examples": update.num_examples, "client": client}
     if update.loss is not None:
         metrics["train_loss"] = update.loss
-    content = RecordDict({"arrays": to_record(update.state), "metrics": MetricRecord(metrics)})
+    arrays = to_record({**update.state, **update.upload})
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -109,14 +119,17 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
     """The ServerApp's work: the same round loop as the embedded engine (loop.py), whose clients
     are reached through Flower: its FedAvg strategy samples the SuperNodes and builds the
     messages, the Grid carries them, and the replies are aggregated in client order."""
-    parts, clients, _, _ = _federation(cfg)
+    parts, clients, algorithm, _ = _federation(cfg)
     strategy = FlowerFedAvg(fraction_train=cfg.fraction_fit, fraction_evaluate=0.0,
                             min_train_nodes=cfg.min_clients, min_available_nodes=cfg.num_clients)  # fmt: skip
 
-    def fit_round(round_number: int, global_state: dict, state: FedState, total_rounds: int, bar):
+    def fit_round(round_number: int, global_state: dict, state: FedState, total_rounds: int, bar,
+                  received: dict):  # fmt: skip
         bar.set_postfix_str("clients training")
         config = ConfigRecord({"planned-rounds": total_rounds})
-        messages = strategy.configure_train(round_number, to_record(global_state), config, grid)
+        # The algorithm's broadcast (shared features) travels in the record of the weights.
+        arrays = to_record({**global_state, **received})
+        messages = strategy.configure_train(round_number, arrays, config, grid)
         valid, errors = strategy._check_and_log_replies(
             grid.send_and_receive(messages), is_train=True
         )
@@ -125,18 +138,21 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
         updates = []
         for reply in valid:
             metrics = reply.content["metrics"]
-            updates.append(ClientUpdate(int(metrics["client"]), to_state(reply.content["arrays"]),
-                                        int(metrics["num-examples"]), {}, metrics.get("train_loss")))  # fmt: skip
+            state, upload = split(to_state(reply.content["arrays"]))
+            updates.append(ClientUpdate(int(metrics["client"]), state, int(metrics["num-examples"]),
+                                        {}, metrics.get("train_loss"), upload))  # fmt: skip
         for update in sorted(updates, key=lambda u: u.client):  # the embedded engine's order
             yield update.client, update, None
 
-    return run_rounds(cfg, parts, clients, run_dir, on_round, fit_round)
+    return run_rounds(cfg, parts, algorithm, clients, run_dir, on_round, fit_round)
 
 
-def run_flower_simulation(cfg, parts, clients, run_dir: Path, on_round=None) -> FedState:
+def run_flower_simulation(cfg, parts, clients, algorithm, run_dir: Path, on_round=None) -> FedState:
     from flwr.simulation import run_simulation
 
-    _remember(cfg, parts, clients)  # the server thread and in-process clients share them
+    # For the server thread; Flower's client actors are processes of their own and build theirs
+    # (build_federation seeds, so their initial models are this one).
+    _remember(cfg, parts, clients, algorithm)
     result: dict = {}
     server = ServerApp()
     client = ClientApp()

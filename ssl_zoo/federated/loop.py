@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from ssl_zoo.components import Components
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError
-from ssl_zoo.federated.aggregate import FedAvg, batchnorm_keys, state_bytes
+from ssl_zoo.federated.aggregate import state_bytes
+from ssl_zoo.federated.algorithms import Stack
 from ssl_zoo.federated.client import fit_client, private_state
 from ssl_zoo.federated.server_optimizer import ServerOptimizer
 
@@ -47,6 +48,7 @@ class FedState:
     private: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     server: dict = field(default_factory=dict)  # the server optimizer's moments
+    algorithm: dict = field(default_factory=dict)  # the algorithms' server state (shared features)
     elapsed: float = 0.0  # seconds spent in rounds so far (the --max_time budget)
 
 
@@ -102,10 +104,11 @@ def planned_rounds(cfg, state: FedState) -> int:
     return max(state.round, min(cfg.rounds, int(cfg.max_time * 60 / per_round)))
 
 
-def fit_locally(cfg, parts: Components, client_indices, local_keys, initial_private):
+def fit_locally(cfg, parts: Components, client_indices, algorithm: Stack, initial_private):
     """The embedded engine's round: each sampled client fits in turn in this process."""
 
-    def fit_round(round_number: int, global_state: dict, state: FedState, total_rounds: int, bar):
+    def fit_round(round_number: int, global_state: dict, state: FedState, total_rounds: int, bar,
+                  received: dict):  # fmt: skip
         clients = sample_clients(
             cfg.num_clients, cfg.fraction_fit, cfg.min_clients, cfg.seed, round_number
         )
@@ -114,8 +117,8 @@ def fit_locally(cfg, parts: Components, client_indices, local_keys, initial_priv
             images = Subset(parts.splits.train, client_indices[client].tolist())
             try:
                 update = fit_client(parts.model, global_state, state.private.get(client, initial_private),
-                                    local_keys, images, parts.views, parts.normalize, parts.splits.image_size, cfg,
-                                    round_number - 1, client, total_rounds)  # fmt: skip
+                                    algorithm, images, parts.views, parts.normalize, parts.splits.image_size, cfg,
+                                    round_number - 1, client, total_rounds, received)  # fmt: skip
             except Exception as err:  # a failing client must not take the round down with it
                 yield client, None, (str(err).strip().splitlines() or [type(err).__name__])[-1]
                 continue
@@ -125,18 +128,19 @@ def fit_locally(cfg, parts: Components, client_indices, local_keys, initial_priv
     return fit_round
 
 
-def run_rounds(cfg, parts: Components, client_indices: list[np.ndarray], run_dir: Path,
-               on_round=None, fit_round=None) -> FedState:  # fmt: skip
+def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np.ndarray],
+               run_dir: Path, on_round=None, fit_round=None) -> FedState:  # fmt: skip
     """Rounds of sampling, local fits, aggregation, a server step, evaluation and a checkpoint.
 
-    `fit_round(round, global_state, state, total_rounds, bar)` yields (client, update or None,
-    failure reason) for each sampled client: the embedded engine fits them here (fit_locally),
-    the Flower engine sends them messages; everything else is this one loop for both."""
+    `fit_round(round, global_state, state, total_rounds, bar, received)` yields (client, update
+    or None, failure reason) for each sampled client: the embedded engine fits them here
+    (fit_locally), the Flower engine sends them messages; everything else is this one loop for
+    both, the algorithm's server hooks included."""
     model = parts.model
-    local_keys = batchnorm_keys(model) if cfg.fedbn else set()
+    local_keys = algorithm.local_keys(model)
     if fit_round is None:
         fit_round = fit_locally(
-            cfg, parts, client_indices, local_keys, private_state(model, local_keys)
+            cfg, parts, client_indices, algorithm, private_state(model, local_keys)
         )
     parameters = {k for k, p in model.named_parameters() if p.is_floating_point()} - local_keys
     server = ServerOptimizer(
@@ -150,6 +154,7 @@ def run_rounds(cfg, parts: Components, client_indices: list[np.ndarray], run_dir
         state = load_state(checkpoint)
         if state.server:  # empty when killed before the first round ended
             server.load_state_dict(state.server)
+        algorithm.load_state_dict(state.algorithm)
         log.info("resuming after round %d", state.round)
     else:
         state = FedState(0, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
@@ -165,10 +170,16 @@ def run_rounds(cfg, parts: Components, client_indices: list[np.ndarray], run_dir
     while state.round < (total_rounds := planned_rounds(cfg, state)):
         bar.total = total_rounds
         round_number, start = state.round + 1, time.time()
-        accumulator, failed, losses, bytes_up, aggregate_seconds = FedAvg(), [], [], 0, 0.0
-        epochs = 0.0
+        accumulator, failed, losses, bytes_up, aggregate_seconds = (
+            algorithm.aggregator(state.global_state),
+            [],
+            [],
+            0,
+            0.0,
+        )
+        epochs, received = 0.0, algorithm.broadcast()
         for client, update, reason in fit_round(
-            round_number, state.global_state, state, total_rounds, bar
+            round_number, state.global_state, state, total_rounds, bar, received
         ):
             if update is None:
                 log.warning(
@@ -178,8 +189,11 @@ def run_rounds(cfg, parts: Components, client_indices: list[np.ndarray], run_dir
                 continue
             tic = time.time()
             accumulator.add(update.state, update.num_examples)
+            algorithm.receive(client, update.upload)
             aggregate_seconds += time.time() - tic
-            bytes_up += state_bytes({k: update.state[k] for k in sent_keys})
+            bytes_up += state_bytes({k: update.state[k] for k in sent_keys}) + state_bytes(
+                update.upload
+            )
             epochs += cfg.local_epochs * share[client]
             if update.loss is not None:
                 losses.append(update.loss)
@@ -193,12 +207,13 @@ def run_rounds(cfg, parts: Components, client_indices: list[np.ndarray], run_dir
         tic = time.time()
         state.global_state = server.step(state.global_state, accumulator.result())
         state.server = server.state_dict()
+        state.algorithm = algorithm.state_dict()
         aggregate_seconds += time.time() - tic
         tic = time.time()
         metrics = evaluate_global(parts, state.global_state, cfg)
         # Every sampled client was sent the model, including those that failed.
-        bytes_down = (accumulator.clients + len(failed)) * state_bytes(
-            {k: state.global_state[k] for k in sent_keys}
+        bytes_down = (accumulator.clients + len(failed)) * (
+            state_bytes({k: state.global_state[k] for k in sent_keys}) + state_bytes(received)
         )
         state.round = round_number
         state.elapsed += time.time() - start

@@ -44,6 +44,9 @@ class StepOutput:
     loss: Tensor
     features: Tensor  # backbone features of the first view: fed (detached) to the linear probe
     embedding: Tensor  # the vectors the loss compares: watched for collapse
+    # The online embeddings of both views, with gradient, for the loss terms federated
+    # algorithms add (FedX, feature fusion); None where the method has no such pair (MoCo).
+    pair: tuple[Tensor, Tensor] | None = None
 
 
 class SSLMethod(L.LightningModule):
@@ -86,6 +89,9 @@ class SSLMethod(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
         # What evaluate.py needs besides the weights to use a checkpoint (set by the entry point).
         self.checkpoint_meta: dict = {}
+        # Set by a federated client for its fit: the algorithm's loss (FedX, fusion) from the views,
+        # the step's output and the method's loss.
+        self.client_loss = None
         # Federated clients fit for one round at a time: (steps before this fit, total steps) keeps
         # warm-up, cosine and momentum on the global schedule instead of restarting every round.
         self.schedule_offset: tuple[int, int] | None = None
@@ -218,7 +224,7 @@ class SSLMethod(L.LightningModule):
         if self.hard_views > 1:
             views = self.select_hard_views(views)
         out = self.ssl_step(views)
-        loss = out.loss
+        loss = out.loss if self.client_loss is None else self.client_loss(self, views, out)
         z = F.normalize(out.embedding.detach().float(), dim=1)
         log = {
             "train/loss": out.loss.detach(),

@@ -49,4 +49,4 @@ class BYOL(SSLMethod):
         with torch.no_grad():
             t0, t1 = self.target_projection_head(self.target_backbone(x)).chunk(2)
         loss = 0.5 * (self.criterion(p0, t1) + self.criterion(p1, t0))
-        return StepOutput(loss, features[: len(p0)], z[: len(p0)])
+        return StepOutput(loss, features[: len(p0)], z[: len(p0)], z.chunk(2))

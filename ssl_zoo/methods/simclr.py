@@ -24,4 +24,4 @@ class SimCLR(SSLMethod):
     def ssl_step(self, views):
         features = self.backbone(torch.cat(views))
         z0, z1 = self.projection_head(features).chunk(2)
-        return StepOutput(self.criterion(z0, z1), features[: len(z0)], z0)
+        return StepOutput(self.criterion(z0, z1), features[: len(z0)], z0, (z0, z1))

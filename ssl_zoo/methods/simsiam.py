@@ -28,4 +28,4 @@ class SimSiam(SSLMethod):
         p0, p1 = self.prediction_head(z).chunk(2)
         z0, z1 = z.detach().chunk(2)  # the stop-gradient
         loss = 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
-        return StepOutput(loss, features[: len(p0)], z[: len(p0)])
+        return StepOutput(loss, features[: len(p0)], z[: len(p0)], z.chunk(2))
