@@ -90,6 +90,20 @@ def module_keys(model: nn.Module, modules: list[nn.Module]) -> set[str]:
     return keys
 
 
+def target_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of the momentum networks (BYOL's target, MoCo's key encoder)."""
+    return module_keys(model, [ema for _, ema in model.momentum_pairs()])
+
+
+class LocalTarget(FedAlgorithm):
+    """FedEMA and FedU: for methods with a predictor; the target network stays on the client."""
+
+    methods = ("byol", "simsiam", "nnclr")
+
+    def local_keys(self, model):
+        return target_keys(model)
+
+
 def distance(a: dict[str, Tensor], b: dict[str, Tensor], keys) -> float:
     """Euclidean distance between two models over `keys`."""
     total = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in keys)

@@ -16,7 +16,7 @@ change during the client's previous round); this follows the paper's equation.
 
 import torch
 
-from ssl_zoo.federated.algorithms.base import FedAlgorithm, distance, floats, module_keys
+from ssl_zoo.federated.algorithms.base import LocalTarget, distance, floats, module_keys
 
 
 def online_keys(model) -> tuple[set[str], set[str]]:
@@ -25,17 +25,9 @@ def online_keys(model) -> tuple[set[str], set[str]]:
     return online, module_keys(model, [model.prediction_head])
 
 
-def target_keys(model) -> set[str]:
-    return module_keys(model, [ema for _, ema in model.momentum_pairs()])
-
-
-class FedEMA(FedAlgorithm):
+class FedEMA(LocalTarget):
     name = "fedema"
     paper = "https://arxiv.org/abs/2204.04385"
-    methods = ("byol", "simsiam", "nnclr")  # those with a predictor
-
-    def local_keys(self, model):
-        return target_keys(model)
 
     def client_start(self, model, global_state, private, received, client):
         if not any(k.startswith("fedema/w.") for k in private):

@@ -12,17 +12,12 @@ the target network stays local. The server averages as FedAvg does.
 
 import torch
 
-from ssl_zoo.federated.algorithms.base import FedAlgorithm, distance, floats, module_keys
-from ssl_zoo.federated.algorithms.fedema import target_keys
+from ssl_zoo.federated.algorithms.base import LocalTarget, distance, floats, module_keys
 
 
-class FedU(FedAlgorithm):
+class FedU(LocalTarget):
     name = "fedu"
     paper = "https://arxiv.org/abs/2108.06492"
-    methods = ("byol", "simsiam", "nnclr")  # those with a predictor
-
-    def local_keys(self, model):
-        return target_keys(model)
 
     def client_start(self, model, global_state, private, received, client):
         keys = module_keys(model, [model.prediction_head])
