@@ -64,14 +64,19 @@ class FedX(FedAlgorithm):
         )
 
     def client_start(self, model, global_state, private, received, client):
-        self.global_model = copy.deepcopy(model).requires_grad_(False)
-        self.global_model.load_state_dict(global_state)
+        # The global encoder only (backbone + projector), not a copy of the whole module with
+        # its target networks and the Trainer it refers to.
+        parts = {"backbone": model.backbone, "projection_head": model.projection_head}
+        self.global_model = nn.ModuleDict({k: copy.deepcopy(m) for k, m in parts.items()})
+        self.global_model.load_state_dict({k: v for k, v in global_state.items()
+                                           if k.split(".", 1)[0] in parts})  # fmt: skip
+        self.global_model.requires_grad_(False)
 
     def client_loss(self, model, views, out, loss):
         z0, z1 = out.pair
         with torch.no_grad():
-            self.global_model.to(z0.device)
-            g0, g1 = self.global_model.embed(torch.cat(views)).chunk(2)
+            g = self.global_model.to(z0.device)
+            g0, g1 = g["projection_head"](g["backbone"](torch.cat(views))).chunk(2)
         p0, p1 = model.fedx_predictor(torch.cat([z0, z1])).chunk(2)
         return loss + sum(fedx_terms(z0, z1, p0, p1, g0, g1).values())
 
