@@ -50,8 +50,8 @@ def shifted(state, keys, distance):
 
 def start(algorithm, model, global_state, private):
     model.load_state_dict(global_state)
-    algorithm.client_start(model, global_state, private, {}, client=0)
-    return model.state_dict()
+    decided = algorithm.client_start(model, global_state, private, {}, client=0) or {}
+    return model.state_dict(), decided
 
 
 def test_fedema_merges_by_divergence_with_lambda_fixed_at_the_first_merge():
@@ -64,29 +64,30 @@ def test_fedema_merges_by_divergence_with_lambda_fixed_at_the_first_merge():
     }
     g1 = {k: v.clone() for k, v in model.state_dict().items()}
     # First round of a client: the global model as it is.
-    assert all(torch.equal(v, g1[k]) for k, v in start(fedema, model, g1, {}).items())
+    assert all(torch.equal(v, g1[k]) for k, v in start(fedema, model, g1, {})[0].items())
 
     own = shifted(g1, ONLINE + PREDICTOR, 3.0)  # the predictor's share does not count
     own = shifted(own, ONLINE, 0.0)
     private = {f"fedema/w.{k}": own[k] for k in ONLINE + PREDICTOR}
     divergence = math.sqrt(sum(float((own[k] - g1[k]).pow(2).sum()) for k in ONLINE))
-    merged = start(fedema, model, g1, private)
+    merged, decided = start(fedema, model, g1, private)
     assert float(private["fedema/lambda"]) == pytest.approx(0.7 / divergence)
-    assert float(private["fedema/mu"]) == pytest.approx(0.7)  # the first merge uses tau
+    assert decided["fedema_mu"] == pytest.approx(0.7)  # the first merge uses tau
+    assert decided["fedema_divergence"] == pytest.approx(divergence)
     for k in ONLINE + PREDICTOR:
         assert torch.allclose(merged[k], 0.7 * own[k] + 0.3 * g1[k], atol=1e-6), k
 
     # Later merges keep lambda: half the divergence, half of tau; far away, mu clips at 1.
     g2 = {k: v.clone() for k, v in own.items()}
     g2 = shifted(g2, ONLINE, divergence / 2)
-    merged = start(fedema, model, g2, private)
-    assert float(private["fedema/mu"]) == pytest.approx(0.35)
+    merged, decided = start(fedema, model, g2, private)
+    assert decided["fedema_mu"] == pytest.approx(0.35)
     assert torch.allclose(
         merged[ONLINE[0]], 0.35 * own[ONLINE[0]] + 0.65 * g2[ONLINE[0]], atol=1e-6
     )
     g3 = shifted(own, ONLINE, divergence * 5)
-    merged = start(fedema, model, g3, private)
-    assert float(private["fedema/mu"]) == 1.0
+    merged, decided = start(fedema, model, g3, private)
+    assert decided["fedema_mu"] == 1.0
     assert all(torch.allclose(merged[k], own[k]) for k in ONLINE + PREDICTOR)
 
 
@@ -97,8 +98,9 @@ def test_fedu_takes_the_global_predictor_only_below_the_threshold(distance, keep
     g = {k: v.clone() for k, v in model.state_dict().items()}
     own = shifted(shifted(g, PREDICTOR, distance), ONLINE, 2.0)
     private = {f"fedu/pred.{k}": own[k] for k in PREDICTOR}
-    state = start(fedu, model, g, private)
-    assert float(private["fedu/divergence"]) == pytest.approx(distance)
+    state, decided = start(fedu, model, g, private)
+    assert decided["fedu_divergence"] == pytest.approx(distance)
+    assert decided["fedu_global_predictor"] == float(not keeps_own)
     for k in PREDICTOR:
         assert torch.equal(state[k], own[k] if keeps_own else g[k])
     assert all(torch.equal(state[k], g[k]) for k in ONLINE)  # the online network is always global

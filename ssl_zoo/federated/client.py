@@ -29,6 +29,7 @@ class ClientUpdate:
     private: dict[str, torch.Tensor]
     loss: float | None
     upload: dict[str, torch.Tensor] = field(default_factory=dict)  # sent besides the weights
+    metrics: dict[str, float] = field(default_factory=dict)  # what the algorithm decided
 
 
 def client_seed(seed: int, round_index: int, client: int) -> int:
@@ -82,7 +83,7 @@ def fit_client(
     model.load_state_dict(global_state)
     load_private(model, private)
     L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)
-    algorithm.client_start(model, global_state, private, received or {}, client)
+    metrics = algorithm.client_start(model, global_state, private, received or {}, client)
     total_rounds = total_rounds or cfg.rounds
     model.schedule_offset = (round_index * steps_per_round, total_rounds * steps_per_round)
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
@@ -119,4 +120,6 @@ def fit_client(
     kept |= private_state(model, algorithm.local_keys(model)) | algorithm.client_end(
         model, global_state
     )
-    return ClientUpdate(client, state, n, kept, None if loss is None else float(loss), upload)
+    return ClientUpdate(
+        client, state, n, kept, None if loss is None else float(loss), upload, metrics
+    )

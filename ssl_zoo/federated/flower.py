@@ -107,7 +107,7 @@ def train_on_client(cfg, msg: Message, context: Context) -> Message:
                         parts.normalize, parts.splits.image_size, cfg, round_index, client,
                         int(config.get("planned-rounds", cfg.rounds)), received)  # fmt: skip
     context.state["private"] = to_record(update.private)
-    metrics = {"num-examples": update.num_examples, "client": client}
+    metrics = {"num-examples": update.num_examples, "client": client, **update.metrics}
     if update.loss is not None:
         metrics["train_loss"] = update.loss
     arrays = to_record({**update.state, **update.upload})
@@ -139,8 +139,10 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
         for reply in valid:
             metrics = reply.content["metrics"]
             state, upload = split(to_state(reply.content["arrays"]))
+            decided = {k: float(v) for k, v in metrics.items()
+                       if k not in ("client", "num-examples", "train_loss")}  # fmt: skip
             updates.append(ClientUpdate(int(metrics["client"]), state, int(metrics["num-examples"]),
-                                        {}, metrics.get("train_loss"), upload))  # fmt: skip
+                                        {}, metrics.get("train_loss"), upload, decided))  # fmt: skip
         for update in sorted(updates, key=lambda u: u.client):  # the embedded engine's order
             yield update.client, update, None
 

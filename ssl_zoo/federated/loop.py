@@ -88,7 +88,9 @@ def load_state(path: Path) -> FedState:
 def write_rows(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ROUND_FIELDS, extrasaction="ignore")
+        # After the fixed columns, what the algorithm decided (FedEMA's mu, ...), if anything.
+        extra = sorted({k for row in rows for k in row} - set(ROUND_FIELDS))
+        writer = csv.DictWriter(f, fieldnames=ROUND_FIELDS + extra)
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
@@ -177,7 +179,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             0,
             0.0,
         )
-        epochs, received = 0.0, algorithm.broadcast()
+        epochs, received, decided = 0.0, algorithm.broadcast(), {}
         for client, update, reason in fit_round(
             round_number, state.global_state, state, total_rounds, bar, received
         ):
@@ -190,6 +192,8 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             tic = time.time()
             accumulator.add(update.state, update.num_examples)
             algorithm.receive(client, update.upload)
+            for key, value in update.metrics.items():
+                decided.setdefault(key, []).append(value)
             aggregate_seconds += time.time() - tic
             bytes_up += state_bytes({k: update.state[k] for k in sent_keys}) + state_bytes(
                 update.upload
@@ -225,6 +229,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             "bytes_down": bytes_down, "bytes_up": bytes_up,
             "train_seconds": round(train_seconds, 2), "aggregate_seconds": round(aggregate_seconds, 4),
             "eval_seconds": round(time.time() - tic, 2), "seconds": round(time.time() - start, 2),
+            **{key: float(np.mean(values)) for key, values in decided.items()},
         })  # fmt: skip
         save_state(checkpoint, state)
         write_rows(run_dir / "rounds.csv", state.rows)

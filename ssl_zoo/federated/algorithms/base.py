@@ -48,9 +48,12 @@ class FedAlgorithm:
         return set()
 
     # ---- client --------------------------------------------------------------------------------
-    def client_start(self, model, global_state: dict, private: dict, received: dict, client: int):
+    def client_start(
+        self, model, global_state: dict, private: dict, received: dict, client: int
+    ) -> dict[str, float] | None:
         """After the global state and the client's local keys are loaded, before fitting;
-        `received` is what broadcast() sent, `private` may be amended (it is kept)."""
+        `received` is what broadcast() sent, `private` may be amended (it is kept). Returns what
+        it decided, if anything (FedEMA's mu): rounds.csv logs the mean over the round's clients."""
 
     def callbacks(self, global_state: dict) -> list[L.Callback]:
         return []
@@ -137,9 +140,11 @@ class Stack:
     def local_keys(self, model) -> set[str]:
         return set().union(*(a.local_keys(model) for a in self.algorithms))
 
-    def client_start(self, model, global_state, private, received, client) -> None:
+    def client_start(self, model, global_state, private, received, client) -> dict[str, float]:
+        metrics = {}
         for a in self.algorithms:
-            a.client_start(model, global_state, private, received, client)
+            metrics |= a.client_start(model, global_state, private, received, client) or {}
+        return metrics
 
     def callbacks(self, global_state) -> list[L.Callback]:
         return [c for a in self.algorithms for c in a.callbacks(global_state)]

@@ -46,7 +46,7 @@ class FedEMA(LocalTarget):
             for key in floats(own, online | predictor):
                 merged = mu * own[key].double() + (1 - mu) * global_state[key].double()
                 state[key].copy_(merged.to(state[key].dtype))
-        private["fedema/mu"] = torch.tensor(mu)
+        return {"fedema_mu": mu, "fedema_divergence": divergence}
 
     def client_end(self, model, global_state):
         online, predictor = online_keys(model)

@@ -26,12 +26,13 @@ class FedU(LocalTarget):
         own = {k: private[f"fedu/pred.{k}"] for k in keys}
         params = {name for name, _ in model.named_parameters()}
         divergence = distance(global_state, own, sorted(keys & params))
-        private["fedu/divergence"] = torch.tensor(divergence)
-        if divergence >= self.cfg.fedu_threshold:
+        keep_own = divergence >= self.cfg.fedu_threshold
+        if keep_own:
             state = model.state_dict()
             with torch.no_grad():
                 for key in floats(own, keys):
                     state[key].copy_(own[key])
+        return {"fedu_divergence": divergence, "fedu_global_predictor": float(not keep_own)}
 
     def client_end(self, model, global_state):
         state = model.state_dict()
