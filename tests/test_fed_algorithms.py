@@ -213,17 +213,18 @@ class Killed(Exception):
 
 @pytest.mark.parametrize("algorithm, method", [("fedema", "byol"), ("fusion", "simclr")])
 def test_resume_keeps_each_algorithms_client_and_server_state(tmp_path, algorithm, method):
-    """A run stopped after round 2 of 3 and resumed ends where the uninterrupted run ends: FedEMA's
-    per-client model and lambda, fusion's shared features survive in the checkpoint."""
+    """A run stopped after round 1 of 2 and resumed ends where the uninterrupted run ends: round 2
+    is the first to use FedEMA's per-client models and fusion's shared features, which only the
+    checkpoint carries across the stop."""
     from ssl_zoo.config import parse_config
     from ssl_zoo.federate import FedConfig, build_federation
     from ssl_zoo.federated.loop import load_state, run_rounds
 
-    args = [*TINY, "--method", method, "--fed_algorithm", algorithm, "--rounds", "3"]
+    args = [*TINY, "--method", method, "--fed_algorithm", algorithm, "--rounds", "2"]
     full = federate_main([*args, "--output_dir", str(tmp_path / "full")])
 
-    def stop_after_round_2(row):
-        if row["round"] == 2:
+    def stop_after_round_1(row):
+        if row["round"] == 1:
             raise Killed
 
     cut = tmp_path / "cut"
@@ -231,14 +232,18 @@ def test_resume_keeps_each_algorithms_client_and_server_state(tmp_path, algorith
     cfg = parse_config(FedConfig, [*args, "--output_dir", str(cut)], prog="test")
     parts, clients, stack = build_federation(cfg)
     with pytest.raises(Killed):
-        run_rounds(cfg, parts, stack, clients, cut, on_round=stop_after_round_2)
+        run_rounds(cfg, parts, stack, clients, cut, on_round=stop_after_round_1)
     saved = load_state(cut / "fed_state.pt")
     if algorithm == "fedema":
-        assert all("fedema/lambda" in saved.private[c] for c in (0, 1))  # set at round 2's merge
+        assert all(any(k.startswith("fedema/w.") for k in saved.private[c]) for c in (0, 1))
     else:
         assert set(saved.algorithm["fusion"]["features"]) == {0, 1}
     resumed = federate_main([*args, "--output_dir", str(cut), "--resume"])
     assert resumed["knn_top1_per_round"] == full["knn_top1_per_round"]
+    if algorithm == "fedema":  # the resumed round merged with the saved models, at mu = tau
+        rows = (cut / "rounds.csv").read_text().splitlines()
+        header, last = rows[0].split(","), rows[-1].split(",")
+        assert float(last[header.index("fedema_mu")]) == pytest.approx(0.7)
     a = torch.load(tmp_path / "full" / "fed_state.pt", weights_only=False)["global_state"]
     b = torch.load(cut / "fed_state.pt", weights_only=False)["global_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)

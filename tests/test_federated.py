@@ -228,7 +228,9 @@ SLOW = pytest.mark.slow
 
 @pytest.mark.parametrize(
     "algorithm, method",
-    [("fedavg", "simsiam"), ("fedema", "byol"), ("fusion", "simclr"),
+    # FedEMA's run also covers plain FedAvg's path (its server rule is FedAvg's): the default
+    # suite runs it and fusion; the others are slow (about 35 s each).
+    [pytest.param("fedavg", "simsiam", marks=SLOW), ("fedema", "byol"), ("fusion", "simclr"),
      pytest.param("fedu", "byol", marks=SLOW), pytest.param("ldawa", "simsiam", marks=SLOW),
      pytest.param("fedx", "simclr", marks=SLOW)],
 )  # fmt: skip

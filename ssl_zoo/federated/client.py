@@ -117,9 +117,8 @@ def fit_client(
         model, lambda: normalized(uint8_images(images, image_size), normalize)
     )
     kept = {k: v for k, v in private.items() if "/" in k}  # the algorithm's entries, as amended
-    kept |= private_state(model, algorithm.local_keys(model)) | algorithm.client_end(
-        model, global_state
-    )
+    kept |= private_state(model, algorithm.local_keys(model))
+    kept |= algorithm.client_end(model, global_state)
     return ClientUpdate(
         client, state, n, kept, None if loss is None else float(loss), upload, metrics
     )

@@ -1,6 +1,7 @@
 """The federated round loop of both engines: sample clients, fit each (client.py, in this
-process or through Flower), average (aggregate.py), take the server's step (server_optimizer.py),
-evaluate the global backbone on the server, log and checkpoint every round.
+process or through Flower), aggregate by the algorithm's rule (algorithms/; by default the
+weighted mean of aggregate.py), take the server's step (server_optimizer.py), evaluate the global
+backbone on the server, log and checkpoint every round.
 
 `epochs` in rounds.csv is the compute spent so far in epochs-equivalent: the sum over rounds of
 each trained client's local epochs times its share of the training images, so a centralized run of
