@@ -66,6 +66,7 @@ class Fusion(FedAlgorithm):
         self.remote = torch.cat(others) if others else None
 
     def client_loss(self, model, views, out, loss):
+        # Replaces SimCLR's NT-Xent (the `loss` given) by the same loss over more negatives.
         z = torch.cat(out.pair)
         temperature = model.criterion.temperature
         remote = None if self.remote is None else self.remote.to(z.device, z.dtype)
