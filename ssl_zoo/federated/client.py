@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ssl_zoo.data import Splits, SSLDataModule, Unlabeled, normalized, uint8_images
 from ssl_zoo.federated.algorithms import Stack
+from ssl_zoo.federated.algorithms.base import split_entries
 from ssl_zoo.methods import SSLMethod
 
 
@@ -46,12 +47,10 @@ def private_state(model: SSLMethod, local_keys: set[str]) -> dict[str, torch.Ten
 
 
 def load_private(model: SSLMethod, private: dict[str, torch.Tensor]) -> None:
-    """The client's own buffers and local keys; an algorithm's entries ("name/...") are its own."""
+    """The client's own buffers and local keys (state-dict entries only) into the model."""
     buffers, params = dict(model.named_buffers()), dict(model.named_parameters())
     with torch.no_grad():
         for key, value in private.items():
-            if "/" in key:
-                continue
             target = buffers.get(key, params.get(key))
             target.copy_(value.to(target.device))
 
@@ -81,7 +80,7 @@ def fit_client(
     steps_per_round = cfg.local_epochs * (n // batch_size)
     private = dict(private)  # amended by the algorithm; the caller's copy stays as it was
     model.load_state_dict(global_state)
-    load_private(model, private)
+    load_private(model, split_entries(private)[0])
     L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)
     metrics = algorithm.client_start(model, global_state, private, received or {}, client)
     total_rounds = total_rounds or cfg.rounds
@@ -116,7 +115,7 @@ def fit_client(
     upload = algorithm.upload(
         model, lambda: normalized(uint8_images(images, image_size), normalize)
     )
-    kept = {k: v for k, v in private.items() if "/" in k}  # the algorithm's entries, as amended
+    kept = split_entries(private)[1]  # the algorithms' own entries, as client_start amended them
     kept |= private_state(model, algorithm.local_keys(model))
     kept |= algorithm.client_end(model, global_state)
     return ClientUpdate(

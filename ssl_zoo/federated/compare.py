@@ -125,6 +125,7 @@ def run_config(base: str, spec: dict, run_dir: Path, common: list[str]):
 
 def compare(cfg, argv: list[str]) -> dict:
     from ssl_zoo.federate import federate
+    from ssl_zoo.federated.algorithms import build_algorithm
     from ssl_zoo.train import train
 
     start = time.time()
@@ -154,7 +155,7 @@ def compare(cfg, argv: list[str]) -> dict:
             summary = reuse_or_run(federate, fed, "fed_state.pt")
             curve = federated_curve(run_dir / "run")
             rows.append({"name": name, "kind": f"federated ({fed.engine})", "method": fed.method,
-                         "algorithm": fed.fed_algorithm + "+fedprox" * (fed.fedprox_mu > 0) + "+fedbn" * fed.fedbn,
+                         "algorithm": "+".join(build_algorithm(fed).names),
                          "partition": fed.partition, "rounds": summary["rounds"],
                          "epochs": summary["epochs_equivalent"],
                          "knn_top1_init": summary["knn_top1_init"], "knn_top1": summary["knn_top1"],

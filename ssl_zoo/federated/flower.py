@@ -31,6 +31,7 @@ from numpy.lib import format as npy
 from torch.utils.data import Subset
 
 from ssl_zoo.errors import UserError
+from ssl_zoo.federated.algorithms.base import split_entries
 from ssl_zoo.federated.client import ClientUpdate, fit_client, private_state
 from ssl_zoo.federated.loop import FedState, run_rounds
 
@@ -67,14 +68,6 @@ def to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return state
 
 
-def split(arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """(model state, the algorithm's tensors): Flower's strategies expect one ArrayRecord per
-    message, so an algorithm's payload travels in it under names with a "/", which no state-dict
-    key has."""
-    return ({k: v for k, v in arrays.items() if "/" not in k},
-            {k: v for k, v in arrays.items() if "/" in k})  # fmt: skip
-
-
 def _key(cfg) -> str:
     return json.dumps(cfg.as_dict(), sort_keys=True, default=str)
 
@@ -101,7 +94,8 @@ def train_on_client(cfg, msg: Message, context: Context) -> Message:
     private = initial_private
     if "private" in context.state:
         private = to_state(context.state["private"])
-    global_state, received = split(to_state(msg.content["arrays"]))
+    # Flower's strategies expect one ArrayRecord per message: an algorithm's tensors share it.
+    global_state, received = split_entries(to_state(msg.content["arrays"]))
     update = fit_client(parts.model, global_state, private, algorithm,
                         Subset(parts.splits.train, clients[client].tolist()), parts.views,
                         parts.normalize, parts.splits.image_size, cfg, round_index, client,
@@ -138,7 +132,7 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
         updates = []
         for reply in valid:
             metrics = reply.content["metrics"]
-            state, upload = split(to_state(reply.content["arrays"]))
+            state, upload = split_entries(to_state(reply.content["arrays"]))
             decided = {k: float(v) for k, v in metrics.items()
                        if k not in ("client", "num-examples", "train_loss")}  # fmt: skip
             updates.append(ClientUpdate(int(metrics["client"]), state, int(metrics["num-examples"]),

@@ -173,14 +173,8 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
     while state.round < (total_rounds := planned_rounds(cfg, state)):
         bar.total = total_rounds
         round_number, start = state.round + 1, time.time()
-        accumulator, failed, losses, bytes_up, aggregate_seconds = (
-            algorithm.aggregator(state.global_state),
-            [],
-            [],
-            0,
-            0.0,
-        )
-        epochs, received, decided = 0.0, algorithm.broadcast(), {}
+        accumulator, received = algorithm.aggregator(state.global_state), algorithm.broadcast()
+        failed, losses, decided, bytes_up, aggregate_seconds, epochs = [], [], {}, 0, 0.0, 0.0
         for client, update, reason in fit_round(
             round_number, state.global_state, state, total_rounds, bar, received
         ):

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import lightning.pytorch as L
-import torch
 from torch import Tensor, nn
 
 from ssl_zoo.errors import UserError
@@ -81,6 +80,14 @@ class FedAlgorithm:
 
     def broadcast(self) -> dict[str, Tensor]:
         return {}
+
+
+def split_entries(tensors: dict[str, Tensor]) -> tuple[dict, dict]:
+    """(state-dict entries, algorithms' entries): an algorithm names its tensors "name/...", which
+    no state-dict key can be, so they can share a dict (a client's private state, a Flower
+    ArrayRecord) with the model's."""
+    own = {k: v for k, v in tensors.items() if "/" in k}
+    return {k: v for k, v in tensors.items() if k not in own}, own
 
 
 def module_keys(model: nn.Module, modules: list[nn.Module]) -> set[str]:
@@ -177,8 +184,3 @@ class Stack:
     def load_state_dict(self, state: dict) -> None:
         for a in self.algorithms:
             a.server_state = state.get(a.name, {})
-
-
-@torch.no_grad()
-def copy_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
