@@ -273,7 +273,7 @@ def uint8_images(dataset: Dataset, size: int) -> torch.Tensor:
         image = dataset[i][0]
         if image.size != (size, size):
             image = fit(image)
-        out[i] = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+        out[i] = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
     cache[size] = out
     return out
 

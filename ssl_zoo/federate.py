@@ -60,6 +60,8 @@ class FedConfig(RunConfig):
         server_lr: Server learning rate on the averaged update (sgd: 1 is plain FedAvg).
         server_momentum: sgd: FedAvgM's momentum (default 0); adam/yogi: beta_1 (default 0.9).
         compare: A comparison file: several runs side by side and a report (see configs/federated).
+        compare_only: With compare: run and report only the runs whose names match these
+            comma-separated patterns (shell-style, e.g. '*-shards2,fedbyol-*').
     """
 
     engine: str = "embedded"
@@ -82,6 +84,7 @@ class FedConfig(RunConfig):
     server_lr: float = 1.0
     server_momentum: float | None = None
     compare: str | None = None
+    compare_only: str | None = None
 
     @property
     def resolved_server_momentum(self) -> float:
@@ -109,6 +112,7 @@ class FedConfig(RunConfig):
                 f"shared_features must be >= 1 (got {self.shared_features})",
             ),
             (self.fusion_match_weight >= 0, "fusion_match_weight must be >= 0"),
+            (not self.compare_only or self.compare, "--compare_only needs --compare FILE"),
             (self.server_lr > 0, f"server_lr must be > 0 (got {self.server_lr})"),
             (
                 0 <= self.resolved_server_momentum < 1,

@@ -290,6 +290,7 @@ BAD = [
     (["--fraction_fit", "0"], "fraction_fit must be in (0, 1] (got 0.0)"),
     (["--engine", "spark"], "unknown engine 'spark'; valid choices: embedded, flower"),
     (["--partition", "pathological"], "unknown partition 'pathological'; valid choices: dirichlet, iid, shards"),
+    (["--compare_only", "fed*"], "--compare_only needs --compare FILE"),
 ]  # fmt: skip
 
 
@@ -328,6 +329,13 @@ def test_comparison_writes_csv_markdown_and_plot(tmp_path):
     )
     assert [r["knn_top1"] for r in again["runs"]] == [r["knn_top1"] for r in summary["runs"]]
     assert again["seconds"] < summary["seconds"] / 2
+    # A subset by name: only the matching runs, reused, and a report of those alone.
+    subset = federate_main(["--compare", str(spec), "--compare_only", "central,nothing-*",
+                            "--output_dir", str(out), *TINY, "--rounds", "2"])  # fmt: skip
+    assert [r["name"] for r in subset["runs"]] == ["central"]
+    assert "fed-iid" not in (out / "comparison.md").read_text()
+    with pytest.raises(UserError, match="matches none"):
+        federate_main(["--compare", str(spec), "--compare_only", "x*", "--output_dir", str(out)])
     with pytest.raises(UserError, match="other settings"):
         federate_main(["--compare", str(spec), "--output_dir", str(out), *TINY, "--rounds", "3"])
 

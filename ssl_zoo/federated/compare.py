@@ -16,6 +16,7 @@ import json
 import time
 from dataclasses import fields
 from datetime import datetime
+from fnmatch import fnmatch
 from pathlib import Path
 
 import yaml
@@ -24,7 +25,7 @@ from ssl_zoo.config import RunConfig, TrainConfig, parse_config
 from ssl_zoo.errors import UserError
 
 
-def load_comparison(path: str) -> tuple[str, list[dict]]:
+def load_comparison(path: str, only: str | None = None) -> tuple[str, list[dict]]:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"comparison file not found: {path}")
@@ -41,6 +42,13 @@ def load_comparison(path: str) -> tuple[str, list[dict]]:
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
         raise UserError(f"{path}: run names must be unique")
+    if only:
+        patterns = [p.strip() for p in only.split(",") if p.strip()]
+        runs = [r for r in runs if any(fnmatch(r["name"], p) for p in patterns)]
+        if not runs:
+            raise UserError(
+                f"--compare_only {only} matches none of {path}'s runs: {', '.join(names)}"
+            )
     return spec["base"], runs
 
 
@@ -129,12 +137,14 @@ def compare(cfg, argv: list[str]) -> dict:
     from ssl_zoo.train import train
 
     start = time.time()
-    base, runs = load_comparison(cfg.compare)
+    base, runs = load_comparison(cfg.compare, cfg.compare_only)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.output_dir or f"runs/compare-{Path(cfg.compare).stem}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
     # The command line minus --compare and --output_dir: flags that apply to every run.
-    common = drop_flag(drop_flag(argv, "--compare"), "--output_dir")
+    common = argv
+    for flag in ("--compare", "--compare_only", "--output_dir"):
+        common = drop_flag(common, flag)
     rows, curves = [], {}
     for spec in runs:
         name, run_dir = spec["name"], out / spec["name"]
