@@ -179,6 +179,27 @@ def test_a_failing_client_is_dropped_and_too_few_fail_the_run(tmp_path, caplog):
     assert (tmp_path / "bad" / "fed_state.pt").is_file()
 
 
+@pytest.mark.parametrize(
+    ("lr", "message"),
+    [
+        ("1e30", r"only 0 clients trained .*last good checkpoint \(round 0\)"),
+        ("1e6", r"training diverged \(seen by the monitor\): the backbone's features are not"),
+    ],
+)
+def test_diverging_clients_are_dropped_and_never_averaged(tmp_path, caplog, lr, message):
+    """A client whose loss turns NaN fails like a raising client: nothing of it is averaged, so
+    with every client diverging the run stops at round 1 and keeps round 0's checkpoint. Finite
+    losses whose averaged model overflows stop at the server's monitor, also in one line."""
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=message):
+        federate_main([*TINY, "--lr", lr, "--output_dir", str(out)])
+    if lr == "1e30":
+        assert "client 0 failed in round 1 and is dropped: training diverged" in caplog.text
+    assert [r["round"] for r in read_rounds(out)] == ["0"]
+    assert torch.load(out / "fed_state.pt", weights_only=False)["round"] == 0
+    assert not (out / "summary.json").exists()
+
+
 @pytest.mark.parametrize("engine", ["embedded", "flower"])
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, engine):
     # FedAvgM: the server's momentum must survive the kill as well.

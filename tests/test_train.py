@@ -120,6 +120,25 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys, extra, message):
     assert not (out / "summary.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("lr", "message"),
+    [("1e30", "at step 1: loss nan"), ("1e6", "the backbone's features are not finite")],
+)
+def test_diverging_run_stops_with_one_line(tmp_path, capsys, lr, message):
+    """A NaN loss stops training before the optimizer step; a finite loss whose model overflows
+    stops at the monitor (it used to die in RankMe's SVD). No summary, exit code 2."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, tiny_args(out, "--lr", lr, "--max_epochs", "2"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged") and message in last, last
+    assert "lower the learning rate (--lr, now" in last
+    assert not (out / "summary.json").exists()
+
+
 def test_unreadable_image_in_a_worker_names_its_path(tmp_path, image_folder):
     (image_folder / "train" / "b" / "broken.png").write_bytes(b"garbage")
     proc = run_script("train.py", *tiny_args(tmp_path / "run", "--dataset", "imagefolder",

@@ -112,6 +112,13 @@ def fit_client(
         optimizer.state.clear()
     loss = trainer.callback_metrics.get("train/loss")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # The last step's loss was finite, yet its update may not be: such a client is dropped
+    # (both engines count a raising client as failed), so it never reaches the average.
+    overflowed = next(
+        (k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()), None
+    )
+    if overflowed:
+        raise model.diverged(f"client {client}'s {overflowed} is not finite")
     upload = algorithm.upload(
         model, lambda: normalized(uint8_images(images, image_size), normalize)
     )

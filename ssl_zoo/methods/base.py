@@ -225,6 +225,10 @@ class SSLMethod(L.LightningModule):
             views = self.select_hard_views(views)
         out = self.ssl_step(views)
         loss = out.loss if self.client_loss is None else self.client_loss(self, views, out)
+        if not torch.isfinite(loss):
+            # Stop here, before the optimizer writes NaN into the weights: the run's last
+            # checkpoint stays good, and a federated client is dropped from its round.
+            raise self.diverged(f"loss {loss.item()}")
         z = F.normalize(out.embedding.detach().float(), dim=1)
         log = {
             "train/loss": out.loss.detach(),
@@ -242,6 +246,18 @@ class SSLMethod(L.LightningModule):
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=len(labels))
         return loss
 
+    def diverged(self, what: str) -> UserError:
+        """One line for a run that blew up: where, what, and the two usual causes."""
+        fix = f"lower the learning rate (--lr, now {self.lr:g})"
+        if "32" not in str(self.trainer.precision):
+            fix += (
+                f" or train in full precision (--precision 32-true, now {self.trainer.precision})"
+            )
+        # The federated server's monitor runs outside any fit: no step to name there.
+        fitting = self.trainer.state.fn == "fit"
+        where = f"at step {self.global_step}" if fitting else "(seen by the monitor)"
+        return UserError(f"training diverged {where}: {what}; {fix}")
+
     # ---- online monitor: kNN and linear probe on [bank, test] -------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_outputs = {}
@@ -256,6 +272,9 @@ class SSLMethod(L.LightningModule):
             return
         bank, bank_labels = (torch.cat(t) for t in zip(*self._val_outputs[0], strict=True))
         test, test_labels = (torch.cat(t) for t in zip(*self._val_outputs[1], strict=True))
+        if not (torch.isfinite(bank).all() and torch.isfinite(test).all()):
+            # A loss can stay finite while weights or BatchNorm statistics overflow.
+            raise self.diverged("the backbone's features are not finite")
         top1, top5 = knn_accuracy(
             test, test_labels, bank, bank_labels, self.num_classes, self.knn_k, self.knn_t
         )
