@@ -12,7 +12,7 @@ import torch
 
 from ssl_zoo.backbones import BackboneSpec, default_cifar_stem
 from ssl_zoo.batch_views import BatchViews
-from ssl_zoo.config import RunConfig
+from ssl_zoo.config import RunConfig, make_output_dir
 from ssl_zoo.data import DATASETS, Splits, load_splits
 from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.methods import METHODS, SSLMethod, build_method
@@ -46,7 +46,7 @@ def prepare_run_dir(cfg: RunConfig, progress: str, prefix: str) -> Path:
     if not cfg.resume and (finished or started):
         state = "a finished run" if finished else "an unfinished run (continue: --resume true)"
         raise UserError(f"{run_dir} already holds {state}; choose another --output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(run_dir)
     return run_dir
 
 

@@ -9,6 +9,7 @@ import json
 import sys
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -17,6 +18,42 @@ from ssl_zoo.errors import UserError
 
 LOGGERS = ("csv", "wandb")
 AUGMENT = ("batched", "pil")
+
+
+def check_accelerator(name: str) -> None:
+    """Lightning's accelerator names, refused here when this machine has no such device (Lightning
+    would fail later, deep in the Trainer)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    known = set(AcceleratorRegistry.available_accelerators())
+    if name == "auto":
+        return
+    if name not in known | {"gpu"}:
+        raise UserError(
+            f"unknown accelerator '{name}'; valid choices: {', '.join(sorted(known | {'auto', 'gpu'}))}"
+        )
+    kinds = ("cuda", "mps") if name == "gpu" else (name,)
+    if not any(AcceleratorRegistry[k]["accelerator"].is_available() for k in kinds):
+        raise UserError(
+            f"--accelerator {name}: this machine has none; use --accelerator auto or cpu"
+        )
+
+
+def make_output_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output_dir {path} is a file; name a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create --output_dir {path}: {err.strerror}") from err
+
+
+def check_precision(precision: str) -> None:
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+
+    valid = (*typing.get_args(_PRECISION_INPUT_STR), "64", "32", "16", "bf16")
+    if str(precision) not in valid:
+        raise UserError(f"unknown precision '{precision}'; valid choices: {', '.join(valid)}")
 
 
 @dataclass
@@ -128,6 +165,8 @@ class RunConfig:
                 raise UserError(message)
         if self.logger not in LOGGERS:
             raise UserError(f"unknown logger '{self.logger}'; valid choices: {', '.join(LOGGERS)}")
+        check_accelerator(self.accelerator)
+        check_precision(self.precision)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

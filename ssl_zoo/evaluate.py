@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, load_backbone
-from ssl_zoo.config import LOGGERS, json_entry_point
+from ssl_zoo.config import LOGGERS, check_accelerator, json_entry_point, make_output_dir
 from ssl_zoo.data import DATASETS, Transformed, load_splits
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.evaluation.finetune import finetune
@@ -98,6 +98,7 @@ class EvalConfig:
             raise UserError("--checkpoint random needs --backbone NAME (e.g. resnet18)")
         if self.linear_epochs < 1 or self.finetune_epochs < 1:
             raise UserError("linear_epochs and finetune_epochs must be >= 1")
+        check_accelerator(self.accelerator)
 
 
 def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
@@ -135,6 +136,10 @@ def extract_features(model: nn.Module, dataset, cfg: EvalConfig, device, desc: s
 def evaluate(cfg: EvalConfig) -> dict:
     start = time.time()
     L.seed_everything(cfg.seed, verbose=False)
+    out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
+    if cfg.checkpoint == "random" and cfg.output_dir is None:
+        out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
+    make_output_dir(out_dir)
     model, feature_dim, meta = load_encoder(cfg)
     splits = load_splits(
         cfg.dataset,
@@ -146,10 +151,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     )
     if splits.bank is None:
         raise UserError(f"{cfg.dataset} at {cfg.data_dir} has no labeled train and test splits")
-    out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
-    if cfg.checkpoint == "random" and cfg.output_dir is None:
-        out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     device = torch.device(
         "cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu"

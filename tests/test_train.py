@@ -106,7 +106,11 @@ BAD_INPUTS = [
         "directory not found: /no/such/dir",
     ),
     (["--method_args", "{tau: 1}"], "unknown method_args tau for simclr"),
+    (["--precision", "fp8"], "unknown precision 'fp8'; valid choices:"),
+    (["--accelerator", "abacus"], "unknown accelerator 'abacus'; valid choices: auto, cpu, cuda"),
 ]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["--accelerator", "gpu"], "--accelerator gpu: this machine has none"))
 
 
 @pytest.mark.parametrize(("extra", "message"), BAD_INPUTS, ids=[b[0][1] for b in BAD_INPUTS])
@@ -118,6 +122,20 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1], err
     assert not (out / "summary.json").exists()
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a run")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, tiny_args(taken))
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"--output_dir {taken} is a file; name a directory")
+    )
+    assert taken.read_text() == "not a run"
 
 
 @pytest.mark.parametrize(
