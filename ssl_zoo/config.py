@@ -95,6 +95,8 @@ class RunConfig:
         max_time: Wall-clock budget in minutes (train.py: of training; federate.py: of all rounds);
             the learning-rate and momentum schedules anneal to fit it. None: no budget.
         knn_every_n_epochs: train.py: run the kNN monitor every N epochs (and always at the end).
+        checkpoint_minutes: train.py: besides after every monitor epoch, checkpoint at least this
+            often within long epochs, so a killed run loses little.
             A federation evaluates its global model after every round.
         seed: Seed of initialisation, augmentation and data order.
         output_dir: Run directory; default runs/<method>-<dataset>-<time>.
@@ -132,6 +134,7 @@ class RunConfig:
     max_epochs: int = 100
     max_time: float | None = None
     knn_every_n_epochs: int = 1
+    checkpoint_minutes: float = 10.0
     num_workers: int = 2
     accelerator: str = "auto"
     precision: str = "32-true"
@@ -157,6 +160,7 @@ class RunConfig:
             (self.max_epochs >= 1, f"max_epochs must be >= 1 (got {self.max_epochs})"),
             (self.max_time is None or self.max_time > 0, "max_time must be > 0 minutes"),
             (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),
+            (self.checkpoint_minutes > 0, "checkpoint_minutes must be > 0"),
         ]
 
     def validate(self) -> None:

@@ -15,6 +15,7 @@ import lightning.pytorch as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, prepare_run_dir, validate_names
@@ -22,6 +23,19 @@ from ssl_zoo.config import TrainConfig, json_entry_point
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint beside its place and renames it there: a kill or a full disk during
+    the write leaves the previous checkpoint whole."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        partial = Path(f"{path}.partial")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
@@ -41,6 +55,7 @@ def train(cfg: TrainConfig) -> dict:
 
     parts = build_components(cfg)
     model, splits = parts.model, parts.splits
+    model.epoch_seed = cfg.seed
     datamodule = SSLDataModule(
         splits, parts.views, parts.normalize, cfg.batch_size, cfg.num_workers
     )
@@ -51,12 +66,21 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume:
         if not last_ckpt.exists():
             raise UserError(f"nothing to resume: {last_ckpt} does not exist")
-        resumed_step = torch.load(last_ckpt, map_location="cpu", weights_only=False)["global_step"]
+        try:
+            resumed_step = torch.load(last_ckpt, map_location="cpu", weights_only=False)[
+                "global_step"
+            ]
+        except Exception as err:
+            raise UserError(
+                f"cannot resume: {last_ckpt} is unreadable ({type(err).__name__}); it was kept"
+            ) from err
         earlier_rows = [
             r for r in read_csv_rows(run_dir / "metrics.csv") if int(r["step"]) <= resumed_step
         ]
 
     loggers = build_loggers(cfg, run_dir)
+    last = {"dirpath": run_dir / "checkpoints", "filename": "last", "save_top_k": 1,
+            "enable_version_counter": False}  # fmt: skip
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
         max_time=timedelta(minutes=cfg.max_time) if cfg.max_time else None,
@@ -65,7 +89,10 @@ def train(cfg: TrainConfig) -> dict:
         precision=cfg.precision,
         logger=loggers,
         callbacks=[
-            ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+            # last.ckpt after every monitor epoch (with its kNN; every epoch without a monitor)
+            # and every --checkpoint_minutes within an epoch, each replacing the one before.
+            ModelCheckpoint(**last, save_on_train_epoch_end=not datamodule.has_monitor),
+            ModelCheckpoint(**last, train_time_interval=timedelta(minutes=cfg.checkpoint_minutes)),
             TQDMProgressBar(refresh_rate=1),
         ],
         check_val_every_n_epoch=cfg.knn_every_n_epochs,
@@ -73,6 +100,7 @@ def train(cfg: TrainConfig) -> dict:
         log_every_n_steps=1,
         enable_model_summary=False,
         default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],
     )
 
     init_metrics: dict = {}

@@ -1,15 +1,19 @@
 """End-to-end runs of train.py on tiny synthetic data: outputs, JSON line, budget, resume, W&B."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
-from conftest import last_json_line, run_script, tiny_args
+from conftest import ROOT, last_json_line, run_script, tiny_args
 from wandb_records import history_keys
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone
 from ssl_zoo.config import TrainConfig, parse_config
-from ssl_zoo.errors import run_main
+from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import read_csv_rows
 from ssl_zoo.methods import METHODS
 from ssl_zoo.train import main
@@ -66,17 +70,60 @@ def test_time_budget_anneals_and_ends_cleanly(tmp_path):
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "backbone.pt").is_file()
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
+    """kill -9 once the first checkpoint is written (after epoch 1's monitor), then --resume:
+    the same per-step losses and final kNN as a run never interrupted, since the checkpoint
+    holds the random streams the views and the shuffling draw from."""
+    args = ["--max_epochs", "4"]
+    whole = main(tiny_args(tmp_path / "whole", *args))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *tiny_args(out, *args)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        while proc.poll() is None and not (out / "checkpoints" / "last.ckpt").exists():
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+    assert not list((out / "checkpoints").glob("*.partial"))
+    resumed = main(tiny_args(out, *args, "--resume", "true"))
+    with pytest.raises(UserError, match="already holds a finished run; choose another"):
+        main(tiny_args(out, *args))
+
+    def losses(run):
+        rows = read_csv_rows(run / "metrics.csv")
+        return [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+
+    assert len(losses(out)) == whole["steps"] == 16
+    steps, resumed_losses = zip(*losses(out), strict=True)
+    assert list(steps) == list(range(16))
+    assert resumed_losses == pytest.approx(
+        [loss for _, loss in losses(tmp_path / "whole")], rel=1e-5
+    )
+    assert resumed["knn_top1"] == pytest.approx(whole["knn_top1"], abs=1e-6)
+
+
+def test_long_epochs_are_checkpointed_every_checkpoint_minutes(tmp_path):
+    """With no monitor epoch in the run (kNN every 5 of 2 epochs), only the time trigger can
+    have written last.ckpt: 0.001 minutes puts one after nearly every step."""
     out = tmp_path / "run"
-    first = main(tiny_args(out, "--max_epochs", "1"))
+    main(tiny_args(out, "--max_epochs", "2", "--knn_every_n_epochs", "5",
+                   "--checkpoint_minutes", "0.001"))  # fmt: skip
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 2 <= saved["global_step"] <= 8
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]
+
+
+def test_corrupt_checkpoint_on_resume_is_one_line_and_kept(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
     with pytest.raises(SystemExit) as exit_info:
-        run_main(main, tiny_args(out, "--max_epochs", "2"))
+        run_main(main, tiny_args(out, "--resume", "true"))
     assert exit_info.value.code == 2
-    (out / "summary.json").unlink()  # as if the first run had been killed after its checkpoint
-    second = main(tiny_args(out, "--max_epochs", "2", "--resume", "true"))
-    assert first["steps"] == 4 and second["steps"] == 8 and second["epochs"] == 2
-    steps = [int(r["step"]) for r in read_csv_rows(out / "metrics.csv") if r.get("train/loss")]
-    assert steps == list(range(8))
+    assert "last.ckpt is unreadable (UnpicklingError); it was kept" in capsys.readouterr().err
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"truncated"
 
 
 def test_wandb_offline_run_records_the_metrics(tmp_path, monkeypatch):

@@ -95,12 +95,21 @@ class SSLMethod(L.LightningModule):
         # Federated clients fit for one round at a time: (steps before this fit, total steps) keeps
         # warm-up, cosine and momentum on the global schedule instead of restarting every round.
         self.schedule_offset: tuple[int, int] | None = None
+        self.epoch_seed: int | None = None  # set by train.py
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ssl_zoo"] = {
             "backbone_spec": asdict(self.backbone_spec),
             **self.checkpoint_meta,
         }
+
+    def on_train_epoch_start(self) -> None:
+        # Each epoch's random streams (views, shuffling) come from (seed, epoch), so a run
+        # resumed from an epoch's checkpoint repeats the uninterrupted run whatever Lightning drew
+        # while restoring. Federated clients seed each fit themselves and leave this unset.
+        if self.epoch_seed is not None:
+            L.seed_everything((self.epoch_seed * 1_000_003 + self.current_epoch) % 2**31,
+                              workers=True, verbose=False)  # fmt: skip
 
     # ---- what a method provides -------------------------------------------------------------
     def ssl_step(self, views: list[Tensor]) -> StepOutput:
