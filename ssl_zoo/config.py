@@ -95,9 +95,9 @@ class RunConfig:
         max_time: Wall-clock budget in minutes (train.py: of training; federate.py: of all rounds);
             the learning-rate and momentum schedules anneal to fit it. None: no budget.
         knn_every_n_epochs: train.py: run the kNN monitor every N epochs (and always at the end).
+            A federation evaluates its global model after every round.
         checkpoint_minutes: train.py: besides after every monitor epoch, checkpoint at least this
             often within long epochs, so a killed run loses little.
-            A federation evaluates its global model after every round.
         seed: Seed of initialisation, augmentation and data order.
         output_dir: Run directory; default runs/<method>-<dataset>-<time>.
         resume: Continue the run in output_dir from its last checkpoint.
