@@ -12,7 +12,7 @@ import torch
 
 from ssl_zoo.backbones import BackboneSpec, default_cifar_stem
 from ssl_zoo.batch_views import BatchViews
-from ssl_zoo.config import RunConfig, make_output_dir
+from ssl_zoo.config import RunConfig, check_accelerator, make_output_dir
 from ssl_zoo.data import DATASETS, Splits, load_splits
 from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.methods import METHODS, SSLMethod, build_method
@@ -50,16 +50,18 @@ def prepare_run_dir(cfg: RunConfig, progress: str, prefix: str) -> Path:
     return run_dir
 
 
-def validate_names(cfg: RunConfig) -> None:
-    """Fail on unknown names before any data is loaded or generated."""
+def check_before_work(cfg: RunConfig) -> None:
+    """Fail on unknown names and on a device this machine lacks, before any data is loaded or
+    generated."""
     if cfg.method not in METHODS:
         raise unknown_choice("method", cfg.method, METHODS)
     if cfg.dataset not in DATASETS:
         raise unknown_choice("dataset", cfg.dataset, DATASETS)
+    check_accelerator(cfg.accelerator, present=True)
 
 
 def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components:
-    validate_names(cfg)
+    check_before_work(cfg)
     normalize = DATASETS[cfg.dataset].normalize
     if splits is None:
         splits = load_splits(

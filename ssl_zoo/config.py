@@ -20,9 +20,10 @@ LOGGERS = ("csv", "wandb")
 AUGMENT = ("batched", "pil")
 
 
-def check_accelerator(name: str) -> None:
-    """Lightning's accelerator names, refused here when this machine has no such device (Lightning
-    would fail later, deep in the Trainer)."""
+def check_accelerator(name: str, present: bool = False) -> None:
+    """One of Lightning's accelerator names; with `present`, also one this machine has (checked
+    when a run starts, not when a config is read: a GPU config may be prepared on a laptop).
+    Lightning would otherwise fail later, deep in the Trainer."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
     known = set(AcceleratorRegistry.available_accelerators())
@@ -33,7 +34,7 @@ def check_accelerator(name: str) -> None:
             f"unknown accelerator '{name}'; valid choices: {', '.join(sorted(known | {'auto', 'gpu'}))}"
         )
     kinds = ("cuda", "mps") if name == "gpu" else (name,)
-    if not any(AcceleratorRegistry[k]["accelerator"].is_available() for k in kinds):
+    if present and not any(AcceleratorRegistry[k]["accelerator"].is_available() for k in kinds):
         raise UserError(
             f"--accelerator {name}: this machine has none; use --accelerator auto or cpu"
         )

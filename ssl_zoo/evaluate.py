@@ -136,6 +136,7 @@ def extract_features(model: nn.Module, dataset, cfg: EvalConfig, device, desc: s
 def evaluate(cfg: EvalConfig) -> dict:
     start = time.time()
     L.seed_everything(cfg.seed, verbose=False)
+    check_accelerator(cfg.accelerator, present=True)
     out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
     if cfg.checkpoint == "random" and cfg.output_dir is None:
         out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"

@@ -15,7 +15,7 @@ import lightning.pytorch as L
 import yaml
 
 from ssl_zoo.backbones import save_backbone
-from ssl_zoo.components import Components, build_components, prepare_run_dir, validate_names
+from ssl_zoo.components import Components, build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import RunConfig, parse_config
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError, run_main, unknown_choice
@@ -193,7 +193,7 @@ class WandbRounds:
 
 def federate(cfg: FedConfig) -> dict:
     start = time.time()
-    validate_names(cfg)
+    check_before_work(cfg)
     run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="fed-")
     parts, clients, algorithm = build_federation(cfg)
     labels = dataset_labels(parts.splits.train)

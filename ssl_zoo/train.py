@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_zoo.backbones import save_backbone
-from ssl_zoo.components import build_components, prepare_run_dir, validate_names
+from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import TrainConfig, json_entry_point
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
@@ -49,7 +49,7 @@ def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
 
 def train(cfg: TrainConfig) -> dict:
     start = time.time()
-    validate_names(cfg)
+    check_before_work(cfg)
     run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
