@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ssl_zoo.config import RunConfig, TrainConfig, parse_config
+from ssl_zoo.config import RunConfig, TrainConfig, make_output_dir, parse_config
 from ssl_zoo.errors import UserError
 
 
@@ -140,7 +140,7 @@ def compare(cfg, argv: list[str]) -> dict:
     base, runs = load_comparison(cfg.compare, cfg.compare_only)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.output_dir or f"runs/compare-{Path(cfg.compare).stem}-{stamp}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     # The command line minus --compare and --output_dir: flags that apply to every run.
     common = argv
     for flag in ("--compare", "--compare_only", "--output_dir"):
