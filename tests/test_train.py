@@ -72,8 +72,8 @@ def test_time_budget_anneals_and_ends_cleanly(tmp_path):
 
 def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
     """kill -9 once the first checkpoint is written (after epoch 1's monitor), then --resume:
-    the same per-step losses and final kNN as a run never interrupted, since the checkpoint
-    holds the random streams the views and the shuffling draw from."""
+    the same per-step losses and final kNN as a run never interrupted, since every epoch's
+    random streams (views, shuffling) are seeded from (seed, epoch)."""
     args = ["--max_epochs", "4"]
     whole = main(tiny_args(tmp_path / "whole", *args))
     out = tmp_path / "killed"
