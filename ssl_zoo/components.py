@@ -85,6 +85,8 @@ def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components
         hard_views=cfg.hard_views,
         channels_last=cfg.channels_last,
         compile_backbone=cfg.compile,
+        collapse=cfg.collapse,
+        collapse_steps=cfg.collapse_steps,
     )
     model.checkpoint_meta = {"image_size": splits.image_size, "normalize": normalize}
     views = build_views(model.views, splits.image_size, normalize, cfg.views)

@@ -18,6 +18,7 @@ from ssl_zoo.errors import UserError
 
 LOGGERS = ("csv", "wandb")
 AUGMENT = ("batched", "pil")
+COLLAPSE = ("warn", "stop", "off")
 
 
 def check_accelerator(name: str, present: bool = False) -> None:
@@ -99,6 +100,10 @@ class RunConfig:
             A federation evaluates its global model after every round.
         checkpoint_minutes: train.py: besides after every monitor epoch, checkpoint at least this
             often within long epochs, so a killed run loses little.
+        collapse: What to do when the embeddings collapse (their spread stays under 5% of a
+            uniform spread for collapse_steps steps): warn, stop (exit 2, keeping the last
+            checkpoint; a federated client is dropped from its round) or off.
+        collapse_steps: Consecutive collapsed training steps before `collapse` acts.
         seed: Seed of initialisation, augmentation and data order.
         output_dir: Run directory; default runs/<method>-<dataset>-<time>.
         resume: Continue the run in output_dir from its last checkpoint.
@@ -136,6 +141,8 @@ class RunConfig:
     max_time: float | None = None
     knn_every_n_epochs: int = 1
     checkpoint_minutes: float = 10.0
+    collapse: str = "warn"
+    collapse_steps: int = 50
     num_workers: int = 2
     accelerator: str = "auto"
     precision: str = "32-true"
@@ -162,6 +169,8 @@ class RunConfig:
             (self.max_time is None or self.max_time > 0, "max_time must be > 0 minutes"),
             (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),
             (self.checkpoint_minutes > 0, "checkpoint_minutes must be > 0"),
+            (self.collapse in COLLAPSE, f"collapse must be one of {', '.join(COLLAPSE)}"),
+            (self.collapse_steps >= 1, f"collapse_steps must be >= 1 (got {self.collapse_steps})"),
         ]
 
     def validate(self) -> None:

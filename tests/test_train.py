@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 from conftest import ROOT, last_json_line, run_script, tiny_args
+from PIL import Image
 from wandb_records import history_keys
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone
@@ -155,6 +156,7 @@ BAD_INPUTS = [
     (["--method_args", "{tau: 1}"], "unknown method_args tau for simclr"),
     (["--precision", "fp8"], "unknown precision 'fp8'; valid choices:"),
     (["--accelerator", "abacus"], "unknown accelerator 'abacus'; valid choices: auto, cpu, cuda"),
+    (["--collapse", "ignore"], "collapse must be one of warn, stop, off"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--accelerator", "gpu"], "--accelerator gpu: this machine has none"))
@@ -202,6 +204,46 @@ def test_diverging_run_stops_with_one_line(tmp_path, capsys, lr, message):
     assert last.startswith("error: training diverged") and message in last, last
     assert "lower the learning rate (--lr, now" in last
     assert not (out / "summary.json").exists()
+
+
+def uniform_image_folder(root):
+    """Images of one flat colour: with views that only crop, resize and flip (colour jitter and
+    grey-scaling off, PIL views so no float noise is added), every view of every image is the
+    same picture, so every embedding is the same point: collapse, as a real run can reach it."""
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(16):
+                Image.new("RGB", (32, 32), (120, 90, 60)).save(root / split / name / f"{i}.png")
+    return ["--dataset", "imagefolder", "--data_dir", str(root), "--augment", "pil",
+            "--views", "{cj_prob: 0, random_gray_scale: 0, gaussian_blur: 0}",
+            "--batch_size", "8", "--knn_k", "5", "--collapse_steps", "3", "--max_epochs", "2"]  # fmt: skip
+
+
+def test_collapsing_run_stops_on_request(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(
+            main, tiny_args(out, *uniform_image_folder(tmp_path / "flat"), "--collapse", "stop")
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: embeddings collapsed at step 2:"), last  # the 3rd step
+    assert "lower the learning rate (--lr, now" in last
+    assert not (out / "summary.json").exists()
+
+
+def test_collapse_warns_by_default_and_only_when_collapsed(tmp_path):
+    flat = uniform_image_folder(tmp_path / "flat")
+    collapsed = run_script("train.py", *tiny_args(tmp_path / "a", *flat))
+    assert collapsed.returncode == 0, collapsed.stderr[-2000:]
+    # Once per collapse: the count restarts only when the spread recovers.
+    assert collapsed.stderr.count("embeddings collapsed at step 2:") == 1, collapsed.stderr[-2000:]
+    assert collapsed.stderr.count("embeddings collapsed") == 1
+    healthy = run_script("train.py", *tiny_args(tmp_path / "b", "--max_epochs", "2"))
+    assert healthy.returncode == 0 and "collapsed" not in healthy.stderr
 
 
 def test_unreadable_image_in_a_worker_names_its_path(tmp_path, image_folder):

@@ -11,6 +11,7 @@ instead of being cut off mid-schedule.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import ClassVar
@@ -34,7 +35,13 @@ from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.evaluation.knn import knn_accuracy
 from ssl_zoo.evaluation.label_free import embedding_std, rankme
 
+log = logging.getLogger(__name__)
+
 OPTIMIZERS = ("sgd", "lars", "adamw")
+# Embeddings whose per-dimension std is under this share of a uniform spread (1/sqrt(dim)) have
+# collapsed: SimSiam's paper shows a collapsing run's std falling to 0 while a healthy one stays
+# near 1/sqrt(dim); 5% leaves room for the uneven but useful spreads of real training.
+COLLAPSED_SPREAD = 0.05
 # Resolution of the progress fed to lightly's integer-step schedules.
 _SCHEDULE_STEPS = 100_000
 
@@ -68,6 +75,8 @@ class SSLMethod(L.LightningModule):
         hard_views: int = 1,
         channels_last: bool = True,
         compile_backbone: bool = False,
+        collapse: str = "warn",
+        collapse_steps: int = 50,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -85,6 +94,8 @@ class SSLMethod(L.LightningModule):
         # NHWC convolutions run about 1.2x faster than NCHW here (mkldnn) and on GPUs with AMP.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.compile_backbone = compile_backbone
+        self.collapse, self.collapse_steps = collapse, collapse_steps
+        self._collapsed_for = 0  # consecutive training steps with collapsed embeddings
         self._val_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self.last_metrics: dict[str, float] = {}
         # What evaluate.py needs besides the weights to use a checkpoint (set by the entry point).
@@ -226,6 +237,9 @@ class SSLMethod(L.LightningModule):
         # plain module; once per module, as federated clients call fit every round.
         if self.compile_backbone and self.backbone._compiled_call_impl is None:
             self.backbone.compile()
+        self._collapsed_for = (
+            0  # a federated client's fit does not inherit the previous one's count
+        )
 
     def training_step(self, batch, batch_idx):
         views, labels = batch
@@ -234,15 +248,19 @@ class SSLMethod(L.LightningModule):
             views = self.select_hard_views(views)
         out = self.ssl_step(views)
         loss = out.loss if self.client_loss is None else self.client_loss(self, views, out)
-        if not torch.isfinite(loss):
+        z = F.normalize(out.embedding.detach().float(), dim=1)
+        # Per-dimension std of normalised embeddings: 1/sqrt(dim) when spread out, 0 when collapsed.
+        std = z.std(dim=0).mean()
+        loss_value, std_value = torch.stack([loss.detach().float(), std]).tolist()  # one sync
+        if not math.isfinite(loss_value):
             # Stop here, before the optimizer writes NaN into the weights: the run's last
             # checkpoint stays good, and a federated client is dropped from its round.
-            raise self.diverged(f"loss {loss.item()}")
-        z = F.normalize(out.embedding.detach().float(), dim=1)
+            raise self.diverged(f"loss {loss_value}")
+        if self.collapse != "off":
+            self.watch_collapse(std_value * math.sqrt(z.shape[1]))
         log = {
             "train/loss": out.loss.detach(),
-            # Per-dimension std of normalised embeddings: 1/sqrt(dim) when spread out, 0 when collapsed.
-            "train/embedding_std": z.std(dim=0).mean(),
+            "train/embedding_std": std,
             "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
         }
         labeled = labels >= 0
@@ -254,6 +272,23 @@ class SSLMethod(L.LightningModule):
         self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=len(labels))
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=len(labels))
         return loss
+
+    def watch_collapse(self, spread: float) -> None:
+        """Count consecutive steps whose embeddings collapsed (spread: their std relative to a
+        uniform spread, 1 spread out, 0 all images on one point) and act after collapse_steps."""
+        self._collapsed_for = self._collapsed_for + 1 if spread < COLLAPSED_SPREAD else 0
+        if self._collapsed_for != self.collapse_steps:
+            return
+        message = (
+            f"embeddings collapsed at step {self.global_step}: for {self.collapse_steps} steps their "
+            f"spread stayed under {COLLAPSED_SPREAD:.0%} of a uniform spread (now {spread:.3f}), "
+            f"so every image maps to nearly one point; lower the learning rate (--lr, now "
+            f"{self.lr:g}) or the weight decay (--weight_decay, now {self.weight_decay:g})"
+        )
+        if self.collapse == "stop":
+            raise UserError(message)
+        if self.global_rank == 0:
+            log.warning(message + "; --collapse stop ends such a run")
 
     def diverged(self, what: str) -> UserError:
         """One line for a run that blew up: where, what, and the two usual causes."""
