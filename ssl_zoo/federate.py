@@ -45,6 +45,9 @@ class FedConfig(RunConfig):
         fraction_fit: Fraction of clients sampled each round.
         local_epochs: Epochs each sampled client trains per round.
         min_clients: Fewest clients that must train successfully for a round to count.
+        client_dropout: Chance that a sampled client goes offline in a round (simulated, drawn
+            from seed, round and client): it is sent the model, returns nothing and is counted
+            in rounds.csv `failed`. For studying unreliable clients; 0 on real deployments.
         fed_algorithm: fedavg, fedema (FedEMA), fedu (FedU), ldawa (L-DAWA), fedx (FedX) or
             fusion (feature fusion + neighbourhood matching, Wu et al.; shares features).
         fedbn: Keep BatchNorm layers local to each client (FedBN), beside any algorithm.
@@ -73,6 +76,7 @@ class FedConfig(RunConfig):
     fraction_fit: float = 1.0
     local_epochs: int = 1
     min_clients: int = 1
+    client_dropout: float = 0.0
     fed_algorithm: str = "fedavg"
     fedbn: bool = False
     fedprox_mu: float = 0.0
@@ -104,6 +108,10 @@ class FedConfig(RunConfig):
             (self.rounds >= 1, f"rounds must be >= 1 (got {self.rounds})"),
             (self.local_epochs >= 1, f"local_epochs must be >= 1 (got {self.local_epochs})"),
             (1 <= self.min_clients <= self.num_clients, "min_clients must be in [1, num_clients]"),
+            (
+                0 <= self.client_dropout < 1,
+                f"client_dropout must be in [0, 1) (got {self.client_dropout})",
+            ),
             (self.fedprox_mu >= 0, "fedprox_mu must be >= 0"),
             (self.fedema_tau > 0, f"fedema_tau must be > 0 (got {self.fedema_tau})"),
             (self.fedu_threshold >= 0, f"fedu_threshold must be >= 0 (got {self.fedu_threshold})"),

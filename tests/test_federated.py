@@ -281,6 +281,33 @@ def test_flower_simulation_matches_the_embedded_loop(tmp_path, algorithm, method
     )
 
 
+def test_clients_dropping_out_at_random_are_counted_and_the_rounds_go_on(tmp_path):
+    """30% of client fits fail (--client_dropout): every round still ends with those that
+    trained, rounds.csv counts each failure, and both engines lose the same clients and end with
+    the same global weights (the survivors train as they would have)."""
+    args = [*TINY, "--num_clients", "5", "--rounds", "4", "--client_dropout", "0.3"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in Flower's actors: same float reduction order
+    try:
+        embedded = federate_main([*args, "--output_dir", str(tmp_path / "embedded")])
+    finally:
+        torch.set_num_threads(threads)
+    flower = federate_main([*args, "--output_dir", str(tmp_path / "flower"), "--engine", "flower"])
+    assert len(embedded["knn_top1_per_round"]) == len(flower["knn_top1_per_round"]) == 4
+    counts = {}
+    for engine in ("embedded", "flower"):
+        rows = read_rounds(tmp_path / engine)[1:]
+        counts[engine] = [(int(r["clients"]), int(r["failed"])) for r in rows]
+        assert all(trained + failed == 5 for trained, failed in counts[engine]), counts
+    failures = sum(failed for _, failed in counts["embedded"])
+    assert 3 <= failures <= 9, counts  # about 30% of 20 fits
+    assert counts["embedded"] == counts["flower"]
+    a, b = (torch.load(tmp_path / e / "fed_state.pt", weights_only=False)["global_state"]
+            for e in ("embedded", "flower"))  # fmt: skip
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert embedded["bytes_down"] == flower["bytes_down"]  # the dropped were sent the model
+
+
 def test_flower_records_hold_the_same_bytes_as_flowers_own_and_round_trip():
     from flwr.app import ArrayRecord
 
@@ -312,6 +339,7 @@ BAD = [
     (["--engine", "spark"], "unknown engine 'spark'; valid choices: embedded, flower"),
     (["--partition", "pathological"], "unknown partition 'pathological'; valid choices: dirichlet, iid, shards"),
     (["--compare_only", "fed*"], "--compare_only needs --compare FILE"),
+    (["--client_dropout", "1"], "client_dropout must be in [0, 1) (got 1.0)"),
 ]  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -36,6 +37,21 @@ class ClientUpdate:
 def client_seed(seed: int, round_index: int, client: int) -> int:
     """Every (round, client) fit is seeded on its own, so a resumed run repeats it exactly."""
     return (seed * 1_000_003 + round_index * 10_007 + client) % (2**31)
+
+
+def drops_out(cfg, round_index: int, client: int) -> bool:
+    """--client_dropout: whether this client goes offline in this round, drawn from (seed, round,
+    client) apart from its training randomness, so both engines and a resumed run drop the same
+    clients and the others train exactly as they would have."""
+    if not cfg.client_dropout:
+        return False
+    draw = np.random.default_rng([cfg.seed, round_index, client, DROPOUT_STREAM]).random()
+    return draw < cfg.client_dropout
+
+
+DROPOUT_STREAM = (
+    7  # keeps the dropout draws apart from any other stream seeded by (seed, round, client)
+)
 
 
 def private_state(model: SSLMethod, local_keys: set[str]) -> dict[str, torch.Tensor]:
@@ -73,6 +89,13 @@ def fit_client(
     """Train on one client for one round (round_index counts from 0) of `total_rounds` (default:
     cfg.rounds; fewer when a time budget cuts the federation short); `received` is what the
     server broadcast besides the weights."""
+    if drops_out(cfg, round_index, client):
+        # Raised before any work, as a device that went offline returns nothing: both engines
+        # count the client as failed, and it was sent the model (bytes down) all the same.
+        raise RuntimeError(
+            f"client {client} dropped out of round {round_index + 1} (simulated: --client_dropout "
+            f"{cfg.client_dropout:g})"
+        )
     n = len(images)
     if n < 2:
         raise ValueError(f"client {client} has {n} image(s); at least 2 are needed for a batch")
