@@ -45,6 +45,9 @@ class FedConfig(RunConfig):
         fraction_fit: Fraction of clients sampled each round.
         local_epochs: Epochs each sampled client trains per round.
         min_clients: Fewest clients that must train successfully for a round to count.
+        client_batch_size: Images per step on a client. Default: batch_size x the client's share
+            of the images a round trains on (IID, 5 clients: batch_size / 5), so each local
+            epoch takes as many steps as a centralized epoch at batch_size.
         client_dropout: Chance that a sampled client goes offline in a round (simulated, drawn
             from seed, round and client): it is sent the model, returns nothing and is counted
             in rounds.csv `failed`. For studying unreliable clients; 0 on real deployments.
@@ -76,6 +79,7 @@ class FedConfig(RunConfig):
     fraction_fit: float = 1.0
     local_epochs: int = 1
     min_clients: int = 1
+    client_batch_size: int | None = None
     client_dropout: float = 0.0
     fed_algorithm: str = "fedavg"
     fedbn: bool = False
@@ -108,6 +112,10 @@ class FedConfig(RunConfig):
             (self.rounds >= 1, f"rounds must be >= 1 (got {self.rounds})"),
             (self.local_epochs >= 1, f"local_epochs must be >= 1 (got {self.local_epochs})"),
             (1 <= self.min_clients <= self.num_clients, "min_clients must be in [1, num_clients]"),
+            (
+                self.client_batch_size is None or self.client_batch_size >= 2,
+                f"client_batch_size must be >= 2 (got {self.client_batch_size})",
+            ),
             (
                 0 <= self.client_dropout < 1,
                 f"client_dropout must be in [0, 1) (got {self.client_dropout})",

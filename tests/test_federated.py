@@ -12,11 +12,12 @@ import pytest
 import torch
 from conftest import ROOT, last_json_line, run_script
 
+from ssl_zoo.config import parse_config
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.federate import FedConfig, build_federation
 from ssl_zoo.federate import main as federate_main
 from ssl_zoo.federated.aggregate import WeightedMean, fedavg
-from ssl_zoo.federated.client import fit_client, load_private
+from ssl_zoo.federated.client import client_batch_size, fit_client, load_private
 from ssl_zoo.federated.flower import to_record, to_state
 from ssl_zoo.federated.partition import class_histograms, partition
 
@@ -87,8 +88,6 @@ def test_fedavg_is_the_sample_weighted_mean_of_parameters_and_batchnorm_buffers(
 
 
 def tiny_federation(*extra):
-    from ssl_zoo.config import parse_config
-
     cfg = parse_config(FedConfig, [*TINY, *extra], prog="test")
     return cfg, *build_federation(cfg)
 
@@ -124,14 +123,33 @@ def test_fedbn_keeps_batchnorm_local_and_schedule_follows_the_global_round():
     images = torch.utils.data.Subset(parts.splits.train, clients[0].tolist())
     update = fit_client(model, model.state_dict(), {}, algorithm, images, parts.views, parts.normalize, 32,
                         cfg, 1, 0)  # fmt: skip
-    steps = len(images) // 16
-    assert model.schedule_offset == (steps, 2 * steps)  # round 2 of 2 continues the schedule
+    # Each of the 2 clients trains at batch 16 x its half of the images = 8, so a local epoch
+    # takes a centralized epoch's steps (96 // 16); round 2 of 2 continues the schedule.
+    steps = 96 // 16
+    assert len(images) // 8 == steps and model.schedule_offset == (steps, 2 * steps)
     assert set(local) <= set(update.private)
     other = {k: v + 1.0 if v.is_floating_point() else v for k, v in update.state.items()}
     model.load_state_dict(other)
     load_private(model, update.private)
     key = next(k for k in local if k.endswith("running_mean"))
     assert torch.equal(model.state_dict()[key], update.private[key])  # the client's own BN
+
+
+@pytest.mark.parametrize(
+    ("args", "images", "expected"),
+    [
+        ([], 2000, 51),  # IID over 5 clients: batch_size / 5
+        ([], 200, 5),  # a small non-IID client: its share of batch_size
+        (["--fraction_fit", "0.4"], 2000, 128),  # 2 of 5 clients a round train on 4000 images
+        ([], 3, 2),  # never under 2 (a contrastive batch, BatchNorm)
+        (["--client_batch_size", "64"], 2000, 64),  # fixed, as in FedAvg's paper
+        (["--client_batch_size", "64"], 40, 40),
+    ],
+)
+def test_client_batch_is_its_share_of_a_centralized_batch(args, images, expected):
+    cfg = parse_config(FedConfig, ["--batch_size", "256", "--num_clients", "5", "--min_clients", "1",
+                                   *args], prog="test")  # fmt: skip
+    assert client_batch_size(cfg, images, train_images=10_000) == expected
 
 
 # ---- end to end -------------------------------------------------------------------------------
@@ -191,8 +209,9 @@ def test_diverging_clients_are_dropped_and_never_averaged(tmp_path, caplog, lr, 
     with every client diverging the run stops at round 1 and keeps round 0's checkpoint. Finite
     losses whose averaged model overflows stop at the server's monitor, also in one line."""
     out = tmp_path / "run"
+    # Three steps per client (batch 16 of 48 images): at lr 1e6 the losses stay finite that long.
     with pytest.raises(UserError, match=message):
-        federate_main([*TINY, "--lr", lr, "--output_dir", str(out)])
+        federate_main([*TINY, "--lr", lr, "--client_batch_size", "16", "--output_dir", str(out)])
     if lr == "1e30":
         assert "client 0 failed in round 1 and is dropped: training diverged" in caplog.text
     assert [r["round"] for r in read_rounds(out)] == ["0"]
@@ -503,8 +522,6 @@ def test_a_time_budget_plans_fewer_rounds_and_anneals_to_them(tmp_path):
 def test_one_method_recipe_serves_train_and_federate(tmp_path):
     """configs/methods/*.yaml carry train.py keys (max_epochs, knn_every_n_epochs): federate.py
     takes them unchanged, and bare boolean flags mean true."""
-    from ssl_zoo.config import parse_config
-
     for path in sorted((ROOT / "configs" / "methods").glob("*.yaml")):
         cfg = parse_config(FedConfig, ["--config", str(path), "--resume", "--fedbn"], prog="t")
         assert cfg.resume is True and cfg.fedbn is True and cfg.method == path.stem

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import lightning.pytorch as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Subset
 
 from ssl_zoo.data import Splits, SSLDataModule, Unlabeled, normalized, uint8_images
 from ssl_zoo.federated.algorithms import Stack
@@ -37,6 +37,26 @@ class ClientUpdate:
 def client_seed(seed: int, round_index: int, client: int) -> int:
     """Every (round, client) fit is seeded on its own, so a resumed run repeats it exactly."""
     return (seed * 1_000_003 + round_index * 10_007 + client) % (2**31)
+
+
+def clients_per_round(cfg) -> int:
+    return min(cfg.num_clients, max(cfg.min_clients, round(cfg.fraction_fit * cfg.num_clients)))
+
+
+def client_batch_size(cfg, images: int, train_images: int) -> int:
+    """A client's batch: --client_batch_size, or by default batch_size times the client's share
+    of the images a round trains on, so that every client takes as many steps per local epoch
+    as centralized training takes per epoch at batch_size (docs/federated.md#the-clients-batch).
+
+    Why: with a fixed client batch, K clients of n/K images each take n/(K x batch) steps per
+    epoch, and their average moves the model about as far as one of them: a round costs an
+    epoch of compute but advances training by 1/K of one. At batch_size x share, the average of
+    the K clients' steps is, to first order in the learning rate, one step of batch_size on
+    their union, and a round advances training as far as a centralized epoch."""
+    if cfg.client_batch_size:
+        return min(cfg.client_batch_size, images)
+    round_images = train_images * clients_per_round(cfg) / cfg.num_clients
+    return max(2, min(images, round(cfg.batch_size * images / round_images)))
 
 
 def drops_out(cfg, round_index: int, client: int) -> bool:
@@ -76,7 +96,7 @@ def fit_client(
     global_state: dict[str, torch.Tensor],
     private: dict[str, torch.Tensor],
     algorithm: Stack,
-    images: Dataset,
+    images: Subset,
     views,
     normalize: dict,
     image_size: int,
@@ -99,7 +119,7 @@ def fit_client(
     n = len(images)
     if n < 2:
         raise ValueError(f"client {client} has {n} image(s); at least 2 are needed for a batch")
-    batch_size = min(cfg.batch_size, n)
+    batch_size = client_batch_size(cfg, n, len(images.dataset))
     steps_per_round = cfg.local_epochs * (n // batch_size)
     private = dict(private)  # amended by the algorithm; the caller's copy stays as it was
     model.load_state_dict(global_state)

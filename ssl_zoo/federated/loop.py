@@ -32,7 +32,7 @@ from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.aggregate import state_bytes
 from ssl_zoo.federated.algorithms import Stack
-from ssl_zoo.federated.client import fit_client, private_state
+from ssl_zoo.federated.client import clients_per_round, fit_client, private_state
 from ssl_zoo.federated.server_optimizer import ServerOptimizer
 
 log = logging.getLogger("ssl_zoo.federated")
@@ -53,10 +53,9 @@ class FedState:
     elapsed: float = 0.0  # seconds spent in rounds so far (the --max_time budget)
 
 
-def sample_clients(num_clients: int, fraction: float, minimum: int, seed: int, round_index: int):
-    count = min(num_clients, max(minimum, round(fraction * num_clients)))
-    rng = np.random.default_rng([seed, round_index])
-    return sorted(rng.choice(num_clients, size=count, replace=False).tolist())
+def sample_clients(cfg, round_index: int) -> list[int]:
+    rng = np.random.default_rng([cfg.seed, round_index])
+    return sorted(rng.choice(cfg.num_clients, size=clients_per_round(cfg), replace=False).tolist())
 
 
 def evaluate_global(parts: Components, state: dict, cfg) -> dict:
@@ -112,9 +111,7 @@ def fit_locally(cfg, parts: Components, client_indices, algorithm: Stack, initia
 
     def fit_round(round_number: int, global_state: dict, state: FedState, total_rounds: int, bar,
                   received: dict):  # fmt: skip
-        clients = sample_clients(
-            cfg.num_clients, cfg.fraction_fit, cfg.min_clients, cfg.seed, round_number
-        )
+        clients = sample_clients(cfg, round_number)
         for position, client in enumerate(clients):
             bar.set_postfix_str(f"client {position + 1}/{len(clients)}")
             images = Subset(parts.splits.train, client_indices[client].tolist())
