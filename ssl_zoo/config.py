@@ -50,6 +50,17 @@ def make_output_dir(path: Path) -> None:
         raise UserError(f"cannot create --output_dir {path}: {err.strerror}") from err
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write beside `path` and rename: a kill or a full disk mid-write leaves the old file whole,
+    and a summary.json, which marks a run as finished, is never a truncated one."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def check_precision(precision: str) -> None:
     from lightning.fabric.connector import _PRECISION_INPUT_STR
 

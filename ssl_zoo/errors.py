@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable, Iterable
 
@@ -31,3 +32,12 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
     except KeyboardInterrupt:
         print("error: interrupted; rerun with --resume true to continue", file=sys.stderr)
         sys.exit(130)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Checkpoints and summaries are written beside their place and renamed, so what was
+        # there before this write is whole.
+        path = err.filename2 or err.filename
+        print(f"error: no space left on the device writing {path}; the files written before "
+              "are whole: free space, then rerun with --resume true", file=sys.stderr)  # fmt: skip
+        sys.exit(1)

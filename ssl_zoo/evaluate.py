@@ -15,7 +15,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, load_backbone
-from ssl_zoo.config import LOGGERS, check_accelerator, json_entry_point, make_output_dir
+from ssl_zoo.config import (
+    LOGGERS,
+    check_accelerator,
+    json_entry_point,
+    make_output_dir,
+    write_atomically,
+)
 from ssl_zoo.data import DATASETS, Transformed, load_splits
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.evaluation.finetune import finetune
@@ -231,7 +237,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "plot": plot_path,
         "seconds": round(time.time() - start, 1),
     }
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))
     if cfg.logger == "wandb":
         log_to_wandb(cfg, summary, out_dir)
     return summary

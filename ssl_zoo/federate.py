@@ -16,7 +16,7 @@ import yaml
 
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import Components, build_components, check_before_work, prepare_run_dir
-from ssl_zoo.config import RunConfig, parse_config
+from ssl_zoo.config import RunConfig, parse_config, write_atomically
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.federated.algorithms import ALGORITHMS, Stack, build_algorithm
@@ -265,7 +265,7 @@ def finish_run(cfg: FedConfig, parts: Components, state, run_dir: Path, start: f
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

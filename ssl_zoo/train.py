@@ -19,7 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
-from ssl_zoo.config import TrainConfig, json_entry_point
+from ssl_zoo.config import TrainConfig, json_entry_point, write_atomically
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
@@ -141,7 +141,7 @@ def train(cfg: TrainConfig) -> dict:
     wandb = wandb_logger(loggers)
     if wandb is not None:
         finish_wandb(wandb, run_dir, summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -127,6 +127,42 @@ def test_corrupt_checkpoint_on_resume_is_one_line_and_kept(tmp_path, capsys):
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"truncated"
 
 
+def mount_tmpfs(path, megabytes: int, remount: bool = False) -> bool:
+    path.mkdir(exist_ok=True)
+    options = f"{'remount,' if remount else ''}size={megabytes}m"
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True).returncode == 0  # fmt: skip
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, capsys):
+    """A disk with room for one checkpoint (42 MB here) but not for the next one's copy beside
+    it: epoch 2's write fails, epoch 1's last.ckpt stays whole, the run ends in one line, and
+    with space freed --resume finishes it."""
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, 70):
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        out = disk / "run"
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(main, tiny_args(out, "--max_epochs", "2"))
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: no space left on the device writing "), last
+        assert "last.ckpt" in last and "--resume true" in last and "Traceback" not in err
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]
+        saved = torch.load(
+            out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        )
+        assert saved["global_step"] == 4  # epoch 1's, whole
+        assert not (out / "summary.json").exists()
+        assert mount_tmpfs(disk, 300, remount=True)
+        resumed = main(tiny_args(out, "--max_epochs", "2", "--resume", "true"))
+        assert resumed["steps"] == 8 and (out / "summary.json").is_file()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 def test_wandb_offline_run_records_the_metrics(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -12,6 +12,7 @@ the command line next to --compare apply to every run.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from dataclasses import fields
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from ssl_zoo.config import RunConfig, TrainConfig, make_output_dir, parse_config
+from ssl_zoo.config import RunConfig, TrainConfig, make_output_dir, parse_config, write_atomically
 from ssl_zoo.errors import UserError
 
 
@@ -184,10 +185,11 @@ def compare(cfg, argv: list[str]) -> dict:
 
 def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> None:
     keys = list(rows[0])
-    with (out / "comparison.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(out / "comparison.csv", table.getvalue())
     lines = [f"Comparison from `{source}`, {datetime.now():%Y-%m-%d}. Compute is in epochs-equivalent: "
              "a federated round adds each trained client's local epochs x its share of the images; "
              "a centralized run of as many epochs trains on as many images.", "",
@@ -200,7 +202,7 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
             f"{r['knn_top1']:.3f} | {r['seconds']} | {r['seconds_per_round']} | "
             f"{r['bytes_up'] / 1e6:.0f} | {r['bytes_down'] / 1e6:.0f} |"
         )
-    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    write_atomically(out / "comparison.md", "\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,4 +219,6 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
     fig.tight_layout()
     fig.savefig(out / "comparison.png")
     plt.close(fig)
-    (out / "comparison.json").write_text(json.dumps({"rows": rows, "curves": curves}, indent=2))
+    write_atomically(
+        out / "comparison.json", json.dumps({"rows": rows, "curves": curves}, indent=2)
+    )
