@@ -1,11 +1,13 @@
 """evaluate.py: protocols on known features, label subsets, label-free metrics, end to end."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import last_json_line, run_script, tiny_args
+from conftest import ROOT, last_json_line, run_script, tiny_args
 
 from ssl_zoo.data import load_splits
 from ssl_zoo.errors import run_main
@@ -105,6 +107,30 @@ def test_all_protocols_on_a_trained_backbone(trained):
     assert result["results"]["finetune"]["labels"] == len(balanced_subset(labels, 0.25)) < 64
     assert json.loads((trained / "results.json").read_text()) == result
     assert (trained / "embedding.png").stat().st_size > 10_000
+
+
+def test_killed_evaluation_rerun_gives_the_uninterrupted_results(trained, tmp_path):
+    """evaluate.py keeps no partial state: killed with SIGKILL mid fine-tuning it leaves no
+    results.json, and running it again gives what an uninterrupted run gives (every protocol
+    is seeded), so a rerun is its resume."""
+    args = ["--checkpoint", str(trained / "backbone.pt"), "--protocol", "all", *COMMON,
+            "--finetune_epochs", "10", "--plot", "false"]  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "evaluate.py"), *args, "--output_dir", str(killed)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    seen = ""
+    while proc.poll() is None and "Loading `train_dataloader`" not in seen:
+        seen += proc.stderr.read(16)  # the fine-tuning Trainer's fit has started
+    proc.kill()
+    proc.wait()
+    assert not (killed / "results.json").exists(), "it finished before it could be killed"
+    again = evaluate_main([*args, "--output_dir", str(killed)])
+    whole = evaluate_main([*args, "--output_dir", str(tmp_path / "whole")])
+
+    def measured(result):
+        return {k: v for k, v in result.items() if k not in ("seconds", "seconds_per_protocol")}
+
+    assert measured(again) == measured(whole)
 
 
 def test_lightning_checkpoint_and_random_baseline(trained, tmp_path):
