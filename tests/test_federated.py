@@ -359,6 +359,7 @@ BAD = [
     (["--partition", "pathological"], "unknown partition 'pathological'; valid choices: dirichlet, iid, shards"),
     (["--compare_only", "fed*"], "--compare_only needs --compare FILE"),
     (["--client_dropout", "1"], "client_dropout must be in [0, 1) (got 1.0)"),
+    (["--client_batch_size", "1"], "client_batch_size must be >= 2 (got 1)"),
 ]  # fmt: skip
 
 
