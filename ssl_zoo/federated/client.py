@@ -59,6 +59,10 @@ def client_batch_size(cfg, images: int, train_images: int) -> int:
     return max(2, min(images, round(cfg.batch_size * images / round_images)))
 
 
+# Keeps the dropout draws apart from any other stream seeded by (seed, round, client).
+DROPOUT_STREAM = 7
+
+
 def drops_out(cfg, round_index: int, client: int) -> bool:
     """--client_dropout: whether this client goes offline in this round, drawn from (seed, round,
     client) apart from its training randomness, so both engines and a resumed run drop the same
@@ -67,11 +71,6 @@ def drops_out(cfg, round_index: int, client: int) -> bool:
         return False
     draw = np.random.default_rng([cfg.seed, round_index, client, DROPOUT_STREAM]).random()
     return draw < cfg.client_dropout
-
-
-DROPOUT_STREAM = (
-    7  # keeps the dropout draws apart from any other stream seeded by (seed, round, client)
-)
 
 
 def private_state(model: SSLMethod, local_keys: set[str]) -> dict[str, torch.Tensor]:

@@ -237,9 +237,8 @@ class SSLMethod(L.LightningModule):
         # plain module; once per module, as federated clients call fit every round.
         if self.compile_backbone and self.backbone._compiled_call_impl is None:
             self.backbone.compile()
-        self._collapsed_for = (
-            0  # a federated client's fit does not inherit the previous one's count
-        )
+        # A federated client's fit does not inherit the previous one's count.
+        self._collapsed_for = 0
 
     def training_step(self, batch, batch_idx):
         views, labels = batch
