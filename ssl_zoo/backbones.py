@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
+from ssl_zoo.config import replacing
 from ssl_zoo.errors import UserError, unknown_choice
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
@@ -99,10 +100,8 @@ def _build_torchvision(
 
 def save_backbone(path: str | Path, backbone: nn.Module, spec: BackboneSpec, **meta) -> None:
     """Write weights + spec atomically so a killed run never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"spec": asdict(spec), "state_dict": backbone.state_dict(), **meta}, tmp)
-    tmp.replace(path)
+    with replacing(Path(path)) as partial:
+        torch.save({"spec": asdict(spec), "state_dict": backbone.state_dict(), **meta}, partial)
 
 
 def load_backbone(path: str | Path) -> tuple[nn.Module, int, dict]:

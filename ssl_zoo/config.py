@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import typing
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,15 +51,22 @@ def make_output_dir(path: Path) -> None:
         raise UserError(f"cannot create --output_dir {path}: {err.strerror}") from err
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write beside `path` and rename: a kill or a full disk mid-write leaves the old file whole,
-    and a summary.json, which marks a run as finished, is never a truncated one."""
+@contextmanager
+def replacing(path: Path):
+    """Yield a path beside `path` to write to; renamed onto `path` once written. A kill or a full
+    disk mid-write leaves the old file whole (and no partial file behind), so a checkpoint is
+    never torn and a summary.json, which marks a run as finished, is never truncated."""
     partial = path.with_name(path.name + ".partial")
     try:
-        partial.write_text(text)
+        yield partial
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    with replacing(path) as partial:
+        partial.write_text(text)
 
 
 def check_precision(precision: str) -> None:

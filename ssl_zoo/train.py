@@ -19,7 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
-from ssl_zoo.config import TrainConfig, json_entry_point, write_atomically
+from ssl_zoo.config import TrainConfig, json_entry_point, replacing, write_atomically
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
@@ -30,12 +30,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     the write leaves the previous checkpoint whole."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        partial = Path(f"{path}.partial")
-        try:
+        with replacing(Path(path)) as partial:
             super().save_checkpoint(checkpoint, partial, storage_options)
-            partial.replace(path)
-        finally:
-            partial.unlink(missing_ok=True)
 
 
 def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:

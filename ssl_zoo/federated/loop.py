@@ -28,6 +28,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from ssl_zoo.components import Components
+from ssl_zoo.config import replacing
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.aggregate import state_bytes
@@ -76,9 +77,8 @@ def evaluate_global(parts: Components, state: dict, cfg) -> dict:
 
 
 def save_state(path: Path, state: FedState) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state.__dict__, tmp)
-    tmp.replace(path)  # atomic: a kill leaves the previous round's checkpoint whole
+    with replacing(path) as partial:  # a kill leaves the previous round's checkpoint whole
+        torch.save(state.__dict__, partial)
 
 
 def load_state(path: Path) -> FedState:
@@ -86,14 +86,12 @@ def load_state(path: Path) -> FedState:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with replacing(path) as partial, partial.open("w", newline="") as f:
         # After the fixed columns, what the algorithm decided (FedEMA's mu, ...), if anything.
         extra = sorted({k for row in rows for k in row} - set(ROUND_FIELDS))
         writer = csv.DictWriter(f, fieldnames=ROUND_FIELDS + extra)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def planned_rounds(cfg, state: FedState) -> int:
