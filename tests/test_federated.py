@@ -221,18 +221,11 @@ def test_diverging_clients_are_dropped_and_never_averaged(tmp_path, caplog, lr, 
 
 @pytest.mark.parametrize("engine", ["embedded", "flower"])
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, engine):
-    # FedAvgM: the server's momentum must survive the kill as well.
-    args = [
-        *TINY,
-        "--rounds",
-        "3",
-        "--server_lr",
-        "1.5",
-        "--server_momentum",
-        "0.5",
-        "--engine",
-        engine,
-    ]
+    """FedAvgM: the server's momentum must survive the kill as well; FedBN: so must each client's
+    own BatchNorm layers, which the embedded engine checkpoints and Flower's clients keep on
+    their own disk."""
+    args = [*TINY, "--rounds", "3", "--server_lr", "1.5", "--server_momentum", "0.5", "--fedbn",
+            "--engine", engine]  # fmt: skip
     full = federate_main([*args, "--output_dir", str(tmp_path / "full")])
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "federate.py"), *args, "--output_dir", str(out)],
@@ -253,9 +246,10 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, engine):
     assert a["server"]["v"] and all(
         torch.equal(a["server"]["v"][k], b["server"]["v"][k]) for k in a["server"]["v"]
     )
+    assert all(torch.equal(a["global_state"][k], b["global_state"][k]) for k in a["global_state"])
     # Killed before round 1 ended: the checkpoint holds no server state yet; resume still runs.
     early = torch.load(out / "fed_state.pt", weights_only=False)
-    early.update(round=0, rows=early["rows"][:1], server={}, elapsed=0.0, private={})
+    early.update(round=0, rows=early["rows"][:1], server={}, elapsed=0.0, private={}, trained={})
     early["global_state"] = {k: v.clone() for k, v in a["global_state"].items()}
     torch.save(early, out / "fed_state.pt")
     (out / "summary.json").unlink()

@@ -121,6 +121,10 @@ def fit_client(
     batch_size = client_batch_size(cfg, n, len(images.dataset))
     steps_per_round = cfg.local_epochs * (n // batch_size)
     private = dict(private)  # amended by the algorithm; the caller's copy stays as it was
+    # The keys a client keeps local are its own, whatever the server holds for them (Flower's
+    # message does not carry them): the algorithm's hooks (FedProx's anchor) see the client's.
+    own = {k: private[k] for k in algorithm.local_keys(model)}
+    global_state = {**global_state, **own}
     model.load_state_dict(global_state)
     load_private(model, split_entries(private)[0])
     L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)

@@ -6,8 +6,10 @@ aggregation code as the embedded loop.
 - `server_app` / `client_app` below are the deployable apps for `flwr run` on a SuperLink with
   SuperNodes (see the README); they read the ssl_zoo config named by the run config key `config`.
 
-Per-client state that must survive rounds (memory banks, FedBN's BatchNorm) lives in
-`context.state`, since a deployed ClientApp runs in a fresh process every round. The server runs
+Per-client state that must survive rounds (memory banks, FedBN's BatchNorm, FedEMA's model) stays
+on the client's own disk, in `RUN_DIR/clients/client-K.pt` (see `ClientStateFile`): a deployed
+ClientApp runs in a fresh process every round, and Flower's `context.state` would not survive a
+restarted run, so a resumed federation could not continue where its clients were. The server runs
 the embedded engine's round loop (aggregation, server optimizer, evaluation, checkpoints, resume,
 time budget) with Flower carrying the messages: Flower's own FedAvg would also average integer
 buffers such as BatchNorm's num_batches_tracked, so both engines produce the same global model.
@@ -30,6 +32,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from numpy.lib import format as npy
 from torch.utils.data import Subset
 
+from ssl_zoo.config import replacing
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.algorithms.base import split_entries
 from ssl_zoo.federated.client import ClientUpdate, fit_client, private_state
@@ -86,21 +89,58 @@ def _federation(cfg):
     return _CACHE.get(_key(cfg)) or _remember(cfg, *build_federation(cfg))
 
 
+class ClientStateFile:
+    """A client's private state after the rounds it trained in, on its own disk.
+
+    The server names the round to start from (the last one this client trained in, as its
+    checkpoint knows it). A server killed after a client replied but before its own checkpoint
+    repeats that round after `--resume`, so besides the newest round the file keeps the one
+    before it: the state that repeated round must start from."""
+
+    def __init__(self, run_dir: str, client: int):
+        self.path = Path(run_dir) / "clients" / f"client-{client}.pt"
+        self.client = client
+
+    def _rounds(self) -> dict[int, dict]:
+        if not self.path.exists():
+            return {}
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def load(self, round_number: int, initial: dict) -> dict:
+        if round_number == 0:  # it never trained in this run
+            return initial
+        saved = self._rounds()
+        if round_number not in saved:
+            raise RuntimeError(
+                f"client {self.client} has no state saved after round {round_number} in "
+                f"{self.path} (removed, or the run was resumed on another machine)"
+            )
+        return saved[round_number]
+
+    def save(self, round_number: int, private: dict) -> None:
+        saved = self._rounds()
+        earlier = max((r for r in saved if r < round_number), default=None)
+        kept = {} if earlier is None else {earlier: saved[earlier]}
+        kept[round_number] = private
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(self.path) as partial:
+            torch.save(kept, partial)
+
+
 def train_on_client(cfg, msg: Message, context: Context) -> Message:
     parts, clients, algorithm, initial_private = _federation(cfg)
     client = int(context.node_config["partition-id"])
     config = msg.content["config"]
     round_index = int(config["server-round"]) - 1
-    private = initial_private
-    if "private" in context.state:
-        private = to_state(context.state["private"])
+    state_file = ClientStateFile(str(config["run-dir"]), client)
+    private = state_file.load(int(config["last-trained"][client]), initial_private)
     # Flower's strategies expect one ArrayRecord per message: an algorithm's tensors share it.
     global_state, received = split_entries(to_state(msg.content["arrays"]))
     update = fit_client(parts.model, global_state, private, algorithm,
                         Subset(parts.splits.train, clients[client].tolist()), parts.views,
                         parts.normalize, parts.splits.image_size, cfg, round_index, client,
                         int(config.get("planned-rounds", cfg.rounds)), received)  # fmt: skip
-    context.state["private"] = to_record(update.private)
+    state_file.save(round_index + 1, update.private)
     metrics = {"num-examples": update.num_examples, "client": client, **update.metrics}
     if update.loss is not None:
         metrics["train_loss"] = update.loss
@@ -114,15 +154,19 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
     are reached through Flower: its FedAvg strategy samples the SuperNodes and builds the
     messages, the Grid carries them, and the replies are aggregated in client order."""
     parts, clients, algorithm, _ = _federation(cfg)
+    local_keys = algorithm.local_keys(parts.model)  # never sent: each client has its own
     strategy = FlowerFedAvg(fraction_train=cfg.fraction_fit, fraction_evaluate=0.0,
                             min_train_nodes=cfg.min_clients, min_available_nodes=cfg.num_clients)  # fmt: skip
 
     def fit_round(round_number: int, global_state: dict, state: FedState, total_rounds: int, bar,
                   received: dict):  # fmt: skip
         bar.set_postfix_str("clients training")
-        config = ConfigRecord({"planned-rounds": total_rounds})
+        trained = [state.trained.get(client, 0) for client in range(cfg.num_clients)]
+        config = ConfigRecord({"planned-rounds": total_rounds, "run-dir": str(run_dir.resolve()),
+                               "last-trained": trained})  # fmt: skip
         # The algorithm's broadcast (shared features) travels in the record of the weights.
-        arrays = to_record({**global_state, **received})
+        sent = {k: v for k, v in global_state.items() if k not in local_keys}
+        arrays = to_record({**sent, **received})
         messages = strategy.configure_train(round_number, arrays, config, grid)
         valid, errors = strategy._check_and_log_replies(
             grid.send_and_receive(messages), is_train=True

@@ -52,6 +52,9 @@ class FedState:
     server: dict = field(default_factory=dict)  # the server optimizer's moments
     algorithm: dict = field(default_factory=dict)  # the algorithms' server state (shared features)
     elapsed: float = 0.0  # seconds spent in rounds so far (the --max_time budget)
+    # The last round each client trained in: a Flower client, which keeps its private state on its
+    # own disk, is told which round's state to start from (the checkpoint's, after a resume).
+    trained: dict[int, int] = field(default_factory=dict)
 
 
 def sample_clients(cfg, round_index: int) -> list[int]:
@@ -180,6 +183,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
                 failed.append(client)
                 continue
             tic = time.time()
+            state.trained[client] = round_number
             accumulator.add(update.state, update.num_examples)
             algorithm.receive(client, update.upload)
             for key, value in update.metrics.items():

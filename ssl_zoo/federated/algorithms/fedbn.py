@@ -1,6 +1,7 @@
 """FedBN (Li et al., 2021): BatchNorm layers stay on each client (--fedbn, beside any algorithm).
 
-The server still averages them, for its own kNN monitor only; they are neither sent nor counted."""
+They are never sent to a client. The server still averages the clients' layers for its own kNN
+monitor only: on Flower they travel up in the reply, uncounted in bytes_up (a monitor's cost)."""
 
 from torch.nn.modules.batchnorm import _BatchNorm
 
