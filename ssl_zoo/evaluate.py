@@ -22,6 +22,7 @@ from ssl_zoo.config import (
     make_output_dir,
     write_atomically,
 )
+from ssl_zoo.cost import peak_rss_mb
 from ssl_zoo.data import DATASETS, Transformed, load_splits
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.evaluation.finetune import finetune
@@ -235,6 +236,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "results": results,
         "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
         "plot": plot_path,
+        "peak_rss_mb": peak_rss_mb(),
         "seconds": round(time.time() - start, 1),
     }
     write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))

@@ -17,6 +17,7 @@ import yaml
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import Components, build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import RunConfig, parse_config, write_atomically
+from ssl_zoo.cost import peak_rss_mb
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.federated.algorithms import ALGORITHMS, Stack, build_algorithm
@@ -261,6 +262,9 @@ def finish_run(cfg: FedConfig, parts: Components, state, run_dir: Path, start: f
         "knn_top1_per_round": [r.get("knn_top1") for r in trained],
         "bytes_up": sum(r["bytes_up"] for r in trained),
         "bytes_down": sum(r["bytes_down"] for r in trained),
+        # (a run resumed from a checkpoint older than the FLOP count has rows without one)
+        "gflops": round(sum(r.get("gflops") or 0 for r in trained), 3),
+        "peak_rss_mb": peak_rss_mb(),
         "seconds_per_round": round(sum(r["seconds"] for r in trained) / max(len(trained), 1), 1),
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),

@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import TrainConfig, json_entry_point, replacing, write_atomically
+from ssl_zoo.cost import StepFlops, gflops, peak_rss_mb
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
@@ -75,6 +76,7 @@ def train(cfg: TrainConfig) -> dict:
         ]
 
     loggers = build_loggers(cfg, run_dir)
+    flops = StepFlops()
     last = {"dirpath": run_dir / "checkpoints", "filename": "last", "save_top_k": 1,
             "enable_version_counter": False}  # fmt: skip
     trainer = L.Trainer(
@@ -90,6 +92,7 @@ def train(cfg: TrainConfig) -> dict:
             ModelCheckpoint(**last, save_on_train_epoch_end=not datamodule.has_monitor),
             ModelCheckpoint(**last, train_time_interval=timedelta(minutes=cfg.checkpoint_minutes)),
             TQDMProgressBar(refresh_rate=1),
+            flops,
         ],
         check_val_every_n_epoch=cfg.knn_every_n_epochs,
         num_sanity_val_steps=0,
@@ -121,6 +124,9 @@ def train(cfg: TrainConfig) -> dict:
         "knn_top5": final.get("val/knn_top5"),
         "probe_top1": final.get("val/probe_top1"),
         "embedding_std": final.get("val/embedding_std"),
+        "gflops_per_step": gflops(flops.total(1)),
+        "gflops": gflops(flops.total(trainer.global_step)),
+        "peak_rss_mb": peak_rss_mb(),
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),
     }

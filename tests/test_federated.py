@@ -159,8 +159,10 @@ def test_embedded_run_writes_rounds_partition_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = last_json_line(proc.stdout)
     keys = {"method", "engine", "partition", "num_clients", "rounds", "knn_top1_init",
-            "knn_top1_per_round", "bytes_up", "bytes_down", "run_dir", "seconds"}  # fmt: skip
+            "knn_top1_per_round", "bytes_up", "bytes_down", "gflops", "peak_rss_mb", "run_dir",
+            "seconds"}  # fmt: skip
     assert keys <= set(summary) and len(summary["knn_top1_per_round"]) == 2
+    assert summary["gflops"] > 0 and summary["peak_rss_mb"] > 100
     rows = read_rounds(out)
     assert [int(r["round"]) for r in rows] == [0, 1, 2]
     assert int(rows[1]["bytes_up"]) == int(rows[1]["bytes_down"]) > 1_000_000
@@ -292,6 +294,10 @@ def test_flower_simulation_matches_the_embedded_loop(tmp_path, algorithm, method
         embedded["bytes_up"] == flower["bytes_up"]
         and embedded["bytes_down"] == flower["bytes_down"]
     )
+    # Both count the clients' training FLOPs the same way: rounds.csv per round, summed.
+    per_round = [float(r["gflops"]) for r in read_rounds(tmp_path / "flower")[1:]]
+    assert flower["gflops"] == embedded["gflops"] == pytest.approx(sum(per_round))
+    assert min(per_round) > 0
 
 
 def test_clients_dropping_out_at_random_are_counted_and_the_rounds_go_on(tmp_path):

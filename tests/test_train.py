@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, last_json_line, run_script, tiny_args
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 from wandb_records import history_keys
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone
@@ -20,7 +21,7 @@ from ssl_zoo.methods import METHODS
 from ssl_zoo.train import main
 
 SUMMARY_KEYS = {"method", "dataset", "backbone", "epochs", "knn_top1_init", "knn_top1", "run_dir",
-                "seconds"}  # fmt: skip
+                "seconds", "gflops_per_step", "gflops", "peak_rss_mb"}  # fmt: skip
 
 
 def test_train_script_writes_a_finished_run(tmp_path):
@@ -30,6 +31,13 @@ def test_train_script_writes_a_finished_run(tmp_path):
     summary = last_json_line(proc.stdout)
     assert SUMMARY_KEYS <= set(summary)
     assert summary["epochs"] == 2 and summary["steps"] == 8
+    # A SimCLR step: two views of 16 images forward through the backbone, then backward, which
+    # costs about twice the forward (the heads and the loss are small beside the backbone).
+    with FlopCounterMode(display=False) as forward:
+        build_backbone(BackboneSpec("timm:resnet10t"))[0](torch.randn(32, 3, 32, 32))
+    assert 2.8 < summary["gflops_per_step"] * 1e9 / forward.get_total_flops() < 3.3
+    assert summary["gflops"] == pytest.approx(8 * summary["gflops_per_step"], abs=0.01)
+    assert 100 < summary["peak_rss_mb"] < 24 * 1024
     assert 0 <= summary["knn_top1_init"] <= 1 and 0 <= summary["knn_top1"] <= 1
     for name in (
         "metrics.csv",

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
+from ssl_zoo.cost import StepFlops
 from ssl_zoo.data import Splits, SSLDataModule, Unlabeled, normalized, uint8_images
 from ssl_zoo.federated.algorithms import Stack
 from ssl_zoo.federated.algorithms.base import split_entries
@@ -32,6 +33,7 @@ class ClientUpdate:
     loss: float | None
     upload: dict[str, torch.Tensor] = field(default_factory=dict)  # sent besides the weights
     metrics: dict[str, float] = field(default_factory=dict)  # what the algorithm decided
+    flops: int = 0  # of its training steps (ssl_zoo/cost.py)
 
 
 def client_seed(seed: int, round_index: int, client: int) -> int:
@@ -144,7 +146,7 @@ def fit_client(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=algorithm.callbacks(global_state),
+        callbacks=[*algorithm.callbacks(global_state), flops := StepFlops()],
     )
     model.client_loss = algorithm.client_loss
     try:
@@ -171,6 +173,5 @@ def fit_client(
     kept = split_entries(private)[1]  # the algorithms' own entries, as client_start amended them
     kept |= private_state(model, algorithm.local_keys(model))
     kept |= algorithm.client_end(model, global_state)
-    return ClientUpdate(
-        client, state, n, kept, None if loss is None else float(loss), upload, metrics
-    )
+    return ClientUpdate(client, state, n, kept, None if loss is None else float(loss), upload,
+                        metrics, flops.total(trainer.global_step))  # fmt: skip

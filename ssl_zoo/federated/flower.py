@@ -141,7 +141,8 @@ def train_on_client(cfg, msg: Message, context: Context) -> Message:
                         parts.normalize, parts.splits.image_size, cfg, round_index, client,
                         int(config.get("planned-rounds", cfg.rounds)), received)  # fmt: skip
     state_file.save(round_index + 1, update.private)
-    metrics = {"num-examples": update.num_examples, "client": client, **update.metrics}
+    metrics = {"num-examples": update.num_examples, "client": client, "flops": update.flops,
+               **update.metrics}  # fmt: skip
     if update.loss is not None:
         metrics["train_loss"] = update.loss
     arrays = to_record({**update.state, **update.upload})
@@ -178,9 +179,10 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
             metrics = reply.content["metrics"]
             state, upload = split_entries(to_state(reply.content["arrays"]))
             decided = {k: float(v) for k, v in metrics.items()
-                       if k not in ("client", "num-examples", "train_loss")}  # fmt: skip
+                       if k not in ("client", "num-examples", "train_loss", "flops")}  # fmt: skip
             updates.append(ClientUpdate(int(metrics["client"]), state, int(metrics["num-examples"]),
-                                        {}, metrics.get("train_loss"), upload, decided))  # fmt: skip
+                                        {}, metrics.get("train_loss"), upload, decided,
+                                        int(metrics["flops"])))  # fmt: skip
         for update in sorted(updates, key=lambda u: u.client):  # the embedded engine's order
             yield update.client, update, None
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ssl_zoo.components import Components
 from ssl_zoo.config import replacing
+from ssl_zoo.cost import gflops
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.aggregate import state_bytes
@@ -39,8 +40,8 @@ from ssl_zoo.federated.server_optimizer import ServerOptimizer
 log = logging.getLogger("ssl_zoo.federated")
 
 ROUND_FIELDS = ["round", "epochs", "knn_top1", "knn_top5", "embedding_std", "rankme", "clients",
-                "failed", "examples", "train_loss", "bytes_down", "bytes_up", "train_seconds",
-                "aggregate_seconds", "eval_seconds", "seconds"]  # fmt: skip
+                "failed", "examples", "train_loss", "gflops", "bytes_down", "bytes_up",
+                "train_seconds", "aggregate_seconds", "eval_seconds", "seconds"]  # fmt: skip
 
 
 @dataclass
@@ -172,7 +173,8 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
         bar.total = total_rounds
         round_number, start = state.round + 1, time.time()
         accumulator, received = algorithm.aggregator(state.global_state), algorithm.broadcast()
-        failed, losses, decided, bytes_up, aggregate_seconds, epochs = [], [], {}, 0, 0.0, 0.0
+        failed, losses, decided = [], [], {}
+        bytes_up, aggregate_seconds, epochs, flops = 0, 0.0, 0.0, 0
         for client, update, reason in fit_round(
             round_number, state.global_state, state, total_rounds, bar, received
         ):
@@ -193,6 +195,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
                 update.upload
             )
             epochs += cfg.local_epochs * share[client]
+            flops += update.flops
             if update.loss is not None:
                 losses.append(update.loss)
         train_seconds = time.time() - start - aggregate_seconds
@@ -219,7 +222,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             "round": round_number, **metrics, "epochs": round(state.rows[-1]["epochs"] + epochs, 4),
             "clients": accumulator.clients, "failed": len(failed),
             "examples": int(accumulator.total_weight),
-            "train_loss": float(np.mean(losses)) if losses else None,
+            "train_loss": float(np.mean(losses)) if losses else None, "gflops": gflops(flops),
             "bytes_down": bytes_down, "bytes_up": bytes_up,
             "train_seconds": round(train_seconds, 2), "aggregate_seconds": round(aggregate_seconds, 4),
             "eval_seconds": round(time.time() - tic, 2), "seconds": round(time.time() - start, 2),
