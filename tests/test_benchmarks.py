@@ -58,3 +58,13 @@ def test_federated_overhead_splits_a_round_for_each_client_count():
         # A deployment pays the simulation's record conversions and the object store on top.
         assert 0 < r["flower_sim_s"] < r["flower_deploy_s"], r
         assert r["model_mb"] > 1 and r["peak_rss_mb"] > 100, r
+
+
+def test_cost_overhead_times_the_counted_step_against_the_plain_one():
+    proc = run_script("benchmarks/cost_overhead.py", "--backbone", "timm:resnet10t", "--batch_size",
+                      "8", "--steps", "3", "--epoch_images", "80")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = last_json_line(proc.stdout)
+    assert row["gflops_per_step"] > 0 and row["step_s"] > 0, row
+    difference = row["first_step_counted_s"] - row["first_step_plain_s"]
+    assert abs(row["overhead_s"] - difference) <= 0.002, row

@@ -208,10 +208,22 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Several methods: one colour per method, its runs told apart by marker, so a federated
+    # curve is read against its own centralized one; centralized runs are dashed.
+    method = {r["name"]: r["method"] for r in rows}
+    centralized = {r["name"] for r in rows if r["kind"] == "centralized"}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(method.values()))}
+    by_method, seen = len(colour) > 1, {}
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, curve in curves.items():
         xs, ys = zip(*curve, strict=True)
-        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        position = seen[method[name]] = seen.get(method[name], -1) + 1
+        style = (
+            {"color": colour[method[name]], "marker": "os^Dv"[position % 5]} if by_method else {}
+        )
+        ax.plot(xs, ys, **{"marker": "o", **style}, markersize=3, label=name,
+                linestyle="--" if name in centralized else "-")  # fmt: skip
     ax.set_xlabel("epochs-equivalent of compute")
     ax.set_ylabel("kNN top-1")
     ax.legend(fontsize=7)

@@ -1,0 +1,98 @@
+"""What counting FLOPs costs a run (ssl_zoo/cost.py): the one training step run under torch's
+FlopCounterMode against the steps after it, in the Trainer train.py and every federated client
+use, and that difference as a share of a centralized epoch and of a client's round.
+
+    python benchmarks/cost_overhead.py [--method simclr] [--backbone timm:resnet18]
+                                       [--batch_size 256] [--steps 8]
+                                       [--dataset synthetic | imagefolder --data_dir DIR]
+
+The first step also pays one-off start-up work (allocations, kernel choice), so the step after
+the counted one is timed too, and the run repeated without counting: overhead = (first step
+counted - first step uncounted), against (steps per epoch x a median step). Prints a table and
+ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lightning.pytorch as L  # noqa: E402
+
+from ssl_zoo.components import build_components  # noqa: E402
+from ssl_zoo.config import TrainConfig  # noqa: E402
+from ssl_zoo.cost import StepFlops  # noqa: E402
+from ssl_zoo.data import SSLDataModule  # noqa: E402
+
+
+class StepTimes(L.Callback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.tic = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self.tic)
+
+
+def step_times(cfg: TrainConfig, steps: int, count: bool) -> tuple[list[float], int | None]:
+    L.seed_everything(0, verbose=False)
+    parts = build_components(cfg)
+    datamodule = SSLDataModule(parts.splits, parts.views, parts.normalize, cfg.batch_size, 0)
+    # The timer's hooks run first: the timed first step holds the whole counted step.
+    timer, flops = StepTimes(), StepFlops()
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[timer, flops] if count else [timer])  # fmt: skip
+    trainer.fit(parts.model, datamodule=datamodule)
+    return timer.times, flops.per_step if count else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", default="simclr")
+    parser.add_argument("--backbone", default="timm:resnet18")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--epoch_images", type=int, default=10_000,
+                        help="images of the epoch the overhead is a share of (cifar10-12k: 10,000)")  # fmt: skip
+    args = parser.parse_args()
+    cfg = TrainConfig(method=args.method, backbone=args.backbone, batch_size=args.batch_size,
+                      dataset=args.dataset, data_dir=args.data_dir,
+                      train_samples=args.batch_size * (args.steps + 1), test_samples=10)  # fmt: skip
+    counted, per_step = step_times(cfg, args.steps, count=True)
+    plain, _ = step_times(cfg, args.steps, count=False)
+    step = statistics.median(counted[2:] + plain[2:])
+    extra = counted[0] - plain[0]
+    epoch = args.epoch_images // args.batch_size * step
+    rows = [
+        ("first step, FLOPs counted (s)", counted[0]),
+        ("first step, not counted (s)", plain[0]),
+        ("median later step (s)", step),
+        ("counting costs (s)", extra),
+        (f"share of an epoch of {args.epoch_images} images (%)", 100 * extra / epoch),
+        ("GFLOPs per step", per_step / 1e9),
+    ]
+    print(f"{args.method}, {args.backbone}, batch {args.batch_size}, CPU")
+    for name, value in rows:
+        print(f"  {name:<42} {value:10.3f}")
+    print(json.dumps({"method": args.method, "backbone": args.backbone,
+                      "batch_size": args.batch_size, "first_step_counted_s": round(counted[0], 3),
+                      "first_step_plain_s": round(plain[0], 3), "step_s": round(step, 3),
+                      "overhead_s": round(extra, 3),
+                      "overhead_pct_of_epoch": round(100 * extra / epoch, 3),
+                      "gflops_per_step": round(per_step / 1e9, 3)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
