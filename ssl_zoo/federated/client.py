@@ -125,7 +125,7 @@ def fit_client(
     private = dict(private)  # amended by the algorithm; the caller's copy stays as it was
     # The keys a client keeps local are its own, whatever the server holds for them (Flower's
     # message does not carry them): the algorithm's hooks (FedProx's anchor) see the client's.
-    own = {k: private[k] for k in algorithm.local_keys(model)}
+    own = {k: private[k] for k in algorithm.local_keys(model) if k in private}
     global_state = {**global_state, **own}
     model.load_state_dict(global_state)
     load_private(model, split_entries(private)[0])
