@@ -18,10 +18,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 class StepFlops(L.Callback):
-    """Counts the FLOPs of the first training step of a fit; `total(steps)` scales it."""
+    """Counts the FLOPs of the first training step of a fit; `total(steps)` scales it. Given
+    `per_step` (a count of the same step made earlier), it counts nothing."""
 
-    def __init__(self):
-        self.per_step: int | None = None
+    def __init__(self, per_step: int | None = None):
+        self.per_step = per_step
         self._counter: FlopCounterMode | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

@@ -8,6 +8,7 @@ A chunk cut off by the end of the file (still being written) ends the read.
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -50,9 +51,24 @@ def read_records(path: Path) -> list:
     return records
 
 
+def finished_records(path: Path, timeout: float = 60.0) -> list:
+    """The run file's records once its exit record is on disk.
+
+    wandb's service writes the file in its own process and may still be flushing it after
+    run.finish() returns (CI once read a file that held no history yet), so wait for the last record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 def history_keys(path: Path) -> set[str]:
     keys = set()
-    for record in read_records(path):
+    for record in finished_records(path):
         if record.WhichOneof("record_type") == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return keys

@@ -10,6 +10,7 @@ through its hooks around the method's own fit.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import lightning.pytorch as L
@@ -92,6 +93,18 @@ def load_private(model: SSLMethod, private: dict[str, torch.Tensor]) -> None:
             target.copy_(value.to(target.device))
 
 
+# Counting a step's FLOPs slows that step about twofold (benchmarks/cost_overhead.py), so a
+# client's step is counted once per model, not at every fit: its batch is the same every round.
+# It is counted again when the algorithms or the shapes of what the server broadcast change
+# (fusion's negatives arrive from round 2 on).
+_step_flops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def step_flops_key(algorithm: Stack, client: int, batch_size: int, received: dict) -> tuple:
+    shapes = tuple((k, tuple(v.shape)) for k, v in sorted(received.items()))
+    return tuple(algorithm.names), client, batch_size, shapes
+
+
 def fit_client(
     model: SSLMethod,
     global_state: dict[str, torch.Tensor],
@@ -125,14 +138,18 @@ def fit_client(
     private = dict(private)  # amended by the algorithm; the caller's copy stays as it was
     # The keys a client keeps local are its own, whatever the server holds for them (Flower's
     # message does not carry them): the algorithm's hooks (FedProx's anchor) see the client's.
-    own = {k: private[k] for k in algorithm.local_keys(model) if k in private}
+    local_keys = algorithm.local_keys(model)
+    own = {k: private[k] for k in local_keys if k in private}
     global_state = {**global_state, **own}
     model.load_state_dict(global_state)
     load_private(model, split_entries(private)[0])
     L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)
-    metrics = algorithm.client_start(model, global_state, private, received or {}, client)
+    received = received or {}
+    metrics = algorithm.client_start(model, global_state, private, received, client)
     total_rounds = total_rounds or cfg.rounds
     model.schedule_offset = (round_index * steps_per_round, total_rounds * steps_per_round)
+    counted = _step_flops.setdefault(model, {})
+    flops_key = step_flops_key(algorithm, client, batch_size, received)
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
     datamodule = SSLDataModule(splits, views, normalize, batch_size, cfg.num_workers)
     trainer = L.Trainer(
@@ -146,13 +163,15 @@ def fit_client(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[*algorithm.callbacks(global_state), flops := StepFlops()],
+        callbacks=[*algorithm.callbacks(global_state), flops := StepFlops(counted.get(flops_key))],
     )
     model.client_loss = algorithm.client_loss
     try:
         trainer.fit(model, datamodule=datamodule)
     finally:
         model.client_loss = None
+    if flops.per_step is not None:
+        counted[flops_key] = flops.per_step
     # The model keeps a reference to this Trainer until the next client's, and a Trainer's
     # reference cycles wait for a full garbage collection: without this, every client left its
     # momentum buffers behind (64 clients: peak RSS 1.29 -> 1.70 GB; now flat).
@@ -171,7 +190,7 @@ def fit_client(
         model, lambda: normalized(uint8_images(images, image_size), normalize)
     )
     kept = split_entries(private)[1]  # the algorithms' own entries, as client_start amended them
-    kept |= private_state(model, algorithm.local_keys(model))
+    kept |= private_state(model, local_keys)
     kept |= algorithm.client_end(model, global_state)
     return ClientUpdate(client, state, n, kept, None if loss is None else float(loss), upload,
                         metrics, flops.total(trainer.global_step))  # fmt: skip

@@ -184,8 +184,8 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
                 )
                 failed.append(client)
                 continue
-            tic = time.time()
             state.trained[client] = round_number
+            tic = time.time()
             accumulator.add(update.state, update.num_examples)
             algorithm.receive(client, update.upload)
             for key, value in update.metrics.items():
