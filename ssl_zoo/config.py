@@ -131,6 +131,8 @@ class RunConfig:
         wandb_group: W&B group, to compare runs side by side.
         wandb_tags: W&B tags.
         wandb_name: W&B run name; default: the run directory's name.
+        track_energy: Measure the run's energy with codecarbon's offline tracker (ssl_zoo/cost.py).
+        energy_args: Passed to codecarbon's OfflineEmissionsTracker (country_iso_code, pue, ...).
     """
 
     method: str = "simclr"
@@ -173,6 +175,8 @@ class RunConfig:
     wandb_group: str | None = None
     wandb_tags: list[str] = field(default_factory=list)
     wandb_name: str | None = None
+    track_energy: bool = True
+    energy_args: dict[str, Any] = field(default_factory=dict)
 
     def checks(self) -> list[tuple[bool, str]]:
         return [

@@ -1,4 +1,4 @@
-"""What a run cost in compute and memory: FLOPs of its training steps and the peak memory.
+"""What a run cost: FLOPs of its training steps, energy, and the peak memory.
 
 FLOPs are counted by torch's FlopCounterMode over one whole training step, the first of a fit:
 the views made on the fly, the forward of every network the step runs (momentum networks
@@ -10,11 +10,18 @@ not counted. Counting one step instead of all keeps the count's overhead to that
 
 from __future__ import annotations
 
+import logging
 import resource
 import sys
 
 import lightning.pytorch as L
 from torch.utils.flop_counter import FlopCounterMode
+
+# codecarbon's CPU modes that read a power meter, as its hardware descriptions name them; its
+# other modes (cpu_load, constant) estimate the CPU's power from its TDP.
+METERED_CPU = ("Rapl", "Power Gadget", "Powermetrics")
+
+log = logging.getLogger(__name__)
 
 
 class StepFlops(L.Callback):
@@ -57,3 +64,61 @@ def peak_rss_mb() -> float:
     their own, which this does not include."""
     unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20, 1)
+
+
+class EnergyMeter:
+    """The energy this process's run used, by codecarbon's offline tracker (no network), from
+    construction to `stop()`. It tracks the whole machine (codecarbon's tracking_mode
+    'machine'), so a Flower simulation's client processes are included, and so is anything
+    else the machine runs meanwhile.
+
+    energy_method says how the CPU's share was obtained: 'measured' where its power meter (RAPL,
+    powermetrics) was readable, 'estimated' where codecarbon fell back on the CPU's TDP and its
+    load; 'none' when off, not installed or failed (the run goes on). codecarbon always reads
+    GPUs by NVML and always estimates RAM from its size.
+    `tracker_args` are passed to codecarbon's OfflineEmissionsTracker (country_iso_code, pue,
+    measure_power_secs, ...); co2_kg depends on the country (default USA)."""
+
+    def __init__(self, enabled: bool = True, tracker_args: dict | None = None):
+        self.tracker = None
+        if not enabled:
+            return
+        try:
+            from codecarbon import OfflineEmissionsTracker
+
+            # Its warnings about unknown CPUs and fallbacks are summed up by energy_method.
+            logging.getLogger("codecarbon").setLevel(logging.ERROR)
+            args = {"country_iso_code": "USA", "save_to_file": False, "log_level": "error",
+                    "allow_multiple_runs": True, **(tracker_args or {})}  # fmt: skip
+            self.tracker = OfflineEmissionsTracker(**args)
+            self.tracker.start()
+        except Exception as err:  # an optional measurement never stops a run
+            self.fail(err)
+
+    def fail(self, err: Exception) -> None:
+        self.tracker = None
+        log.warning("energy not tracked (energy_method: none): %s: %s", type(err).__name__, err)
+
+    def method(self) -> str:
+        for hardware in self.tracker._conf.get("hardware", []):  # codecarbon's descriptions
+            if hardware.startswith("AppleSiliconChip") or (
+                hardware.startswith("CPU") and any(m in hardware for m in METERED_CPU)
+            ):
+                return "measured"
+        return "estimated"
+
+    def stop(self) -> dict:
+        """energy_kwh, energy_method and co2_kg (None where not tracked); stops the tracker."""
+        none = {"energy_kwh": None, "energy_method": "none", "co2_kg": None}
+        if self.tracker is None:
+            return none
+        try:
+            co2_kg = self.tracker.stop()
+            data = self.tracker.final_emissions_data
+            result = {"energy_kwh": round(data.energy_consumed, 7), "energy_method": self.method(),
+                      "co2_kg": None if co2_kg is None else round(co2_kg, 7)}  # fmt: skip
+        except Exception as err:
+            self.fail(err)
+            return none
+        self.tracker = None
+        return result

@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as L
 import torch
@@ -22,7 +23,7 @@ from ssl_zoo.config import (
     make_output_dir,
     write_atomically,
 )
-from ssl_zoo.cost import peak_rss_mb
+from ssl_zoo.cost import EnergyMeter, peak_rss_mb
 from ssl_zoo.data import DATASETS, Transformed, load_splits
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.evaluation.finetune import finetune
@@ -65,6 +66,8 @@ class EvalConfig:
         wandb_project: W&B project.
         wandb_group: W&B group.
         wandb_tags: W&B tags.
+        track_energy: Measure the evaluation's energy with codecarbon (ssl_zoo/cost.py).
+        energy_args: Passed to codecarbon's OfflineEmissionsTracker (country_iso_code, pue, ...).
     """
 
     checkpoint: str
@@ -91,6 +94,8 @@ class EvalConfig:
     wandb_project: str = "ssl_zoo"
     wandb_group: str | None = None
     wandb_tags: list[str] = field(default_factory=list)
+    track_energy: bool = True
+    energy_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -144,6 +149,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     start = time.time()
     L.seed_everything(cfg.seed, verbose=False)
     check_accelerator(cfg.accelerator, present=True)
+    energy = EnergyMeter(cfg.track_energy, cfg.energy_args)
     out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
     if cfg.checkpoint == "random" and cfg.output_dir is None:
         out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
@@ -237,6 +243,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
         "plot": plot_path,
         "peak_rss_mb": peak_rss_mb(),
+        **energy.stop(),
         "seconds": round(time.time() - start, 1),
     }
     write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))

@@ -17,7 +17,7 @@ import yaml
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import Components, build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import RunConfig, parse_config, write_atomically
-from ssl_zoo.cost import peak_rss_mb
+from ssl_zoo.cost import EnergyMeter, peak_rss_mb
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.federated.algorithms import ALGORITHMS, Stack, build_algorithm
@@ -212,6 +212,7 @@ def federate(cfg: FedConfig) -> dict:
     start = time.time()
     check_before_work(cfg)
     run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="fed-")
+    energy = EnergyMeter(cfg.track_energy, cfg.energy_args)
     parts, clients, algorithm = build_federation(cfg)
     labels = dataset_labels(parts.splits.train)
     title = f"{cfg.partition} over {cfg.num_clients} clients" + (
@@ -230,13 +231,20 @@ def federate(cfg: FedConfig) -> dict:
 
         state = run_flower_simulation(cfg, parts, clients, algorithm, run_dir, on_round=wandb)
 
-    summary = finish_run(cfg, parts, state, run_dir, start)
+    summary = finish_run(cfg, parts, state, run_dir, start, energy)
     if wandb is not None:
         wandb.finish(summary)
     return summary
 
 
-def finish_run(cfg: FedConfig, parts: Components, state, run_dir: Path, start: float) -> dict:
+def finish_run(
+    cfg: FedConfig,
+    parts: Components,
+    state,
+    run_dir: Path,
+    start: float,
+    energy: EnergyMeter | None = None,
+) -> dict:
     """backbone.pt of the final global model and summary.json (written last: the run finished)."""
     parts.model.load_state_dict(state.global_state)
     save_backbone(run_dir / "backbone.pt", parts.model.backbone, parts.spec,
@@ -265,6 +273,8 @@ def finish_run(cfg: FedConfig, parts: Components, state, run_dir: Path, start: f
         # (a run resumed from a checkpoint older than the FLOP count has rows without one)
         "gflops": round(sum(r.get("gflops") or 0 for r in trained), 3),
         "peak_rss_mb": peak_rss_mb(),
+        # (None: a deployment, whose clients spend their energy on machines of their own)
+        **(energy or EnergyMeter(enabled=False)).stop(),
         "seconds_per_round": round(sum(r["seconds"] for r in trained) / max(len(trained), 1), 1),
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),

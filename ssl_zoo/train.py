@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import TrainConfig, json_entry_point, replacing, write_atomically
-from ssl_zoo.cost import StepFlops, gflops, peak_rss_mb
+from ssl_zoo.cost import EnergyMeter, StepFlops, gflops, peak_rss_mb
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
@@ -48,6 +48,7 @@ def train(cfg: TrainConfig) -> dict:
     start = time.time()
     check_before_work(cfg)
     run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
+    energy = EnergyMeter(cfg.track_energy, cfg.energy_args)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     parts = build_components(cfg)
@@ -127,6 +128,7 @@ def train(cfg: TrainConfig) -> dict:
         "gflops_per_step": gflops(flops.total(1)),
         "gflops": gflops(flops.total(trainer.global_step)),
         "peak_rss_mb": peak_rss_mb(),
+        **energy.stop(),
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),
     }

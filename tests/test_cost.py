@@ -1,14 +1,19 @@
 """Cost accounting (ssl_zoo/cost.py): FLOPs of a training step as torch counts them, scaled by
-the steps run, and the fields every summary carries."""
+the steps run, the energy tracker, and the fields every summary carries."""
+
+import sys
+import time
 
 import lightning.pytorch as L
 import pytest
 import torch
+from conftest import tiny_args
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_zoo.cost import StepFlops
+from ssl_zoo.cost import EnergyMeter, StepFlops
+from ssl_zoo.train import main as train_main
 
 
 class TwoLinears(L.LightningModule):
@@ -52,3 +57,36 @@ def test_a_raising_step_leaves_no_counter_on():
     with pytest.raises(ValueError, match="boom"):
         trainer.fit(Raising(3, 4, 2), loader)
     assert _get_current_dispatch_mode() is None and flops.per_step is None
+
+
+def test_the_energy_tracker_opens_no_connection():
+    """codecarbon's offline tracker, given a country, must not reach the network (it would
+    otherwise look up the location): every socket connection in the process is recorded."""
+    connections, recording = [], [True]
+
+    def audit(event, args):
+        if recording[0] and event in ("socket.connect", "socket.getaddrinfo", "urllib.Request"):
+            connections.append((event, args))
+
+    sys.addaudithook(audit)  # (a hook cannot be removed: `recording` ends it)
+    try:
+        meter = EnergyMeter()
+        busy = time.time() + 1
+        while time.time() < busy:
+            torch.randn(256, 256) @ torch.randn(256, 256)
+        energy = meter.stop()
+    finally:
+        recording[0] = False
+    assert connections == []
+    assert energy["energy_kwh"] > 0 and energy["energy_method"] in ("measured", "estimated")
+
+
+def test_energy_off_or_failing_leaves_none_and_the_run_finishes(tmp_path, caplog):
+    off = train_main(tiny_args(tmp_path / "off", "--track_energy", "false"))
+    assert (off["energy_kwh"], off["energy_method"], off["co2_kg"]) == (None, "none", None)
+    # A tracker that fails (here: given an option it does not know, it fails when stopped) warns
+    # and the run goes on without an energy figure.
+    failed = train_main(tiny_args(tmp_path / "failed", "--energy_args", "{no_such_option: 1}"))
+    assert failed["energy_method"] == "none" and failed["knn_top1"] is not None
+    assert "energy not tracked (energy_method: none): " in caplog.text
+    assert (tmp_path / "failed" / "summary.json").is_file()

@@ -97,8 +97,9 @@ def test_all_protocols_on_a_trained_backbone(trained):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = last_json_line(proc.stdout)
     keys = {"protocol", "dataset", "checkpoint", "top1", "top5", "rankme", "embedding_std",
-            "alignment", "uniformity", "peak_rss_mb", "seconds"}  # fmt: skip
+            "alignment", "uniformity", "peak_rss_mb", "energy_kwh", "energy_method", "seconds"}  # fmt: skip
     assert keys <= set(result)
+    assert result["energy_kwh"] > 0 and result["energy_method"] in ("measured", "estimated")
     for protocol in ("knn", "linear", "finetune"):
         assert 0 <= result["top1"][protocol] <= result["top5"][protocol] <= 1
     labels = [
@@ -129,7 +130,8 @@ def test_killed_evaluation_rerun_gives_the_uninterrupted_results(trained, tmp_pa
 
     def measured(result):
         return {k: v for k, v in result.items()
-                if k not in ("seconds", "seconds_per_protocol", "peak_rss_mb")}  # fmt: skip
+                if k not in ("seconds", "seconds_per_protocol", "peak_rss_mb", "energy_kwh",
+                             "co2_kg")}  # fmt: skip
 
     assert measured(again) == measured(whole)
 

@@ -159,10 +159,11 @@ def test_embedded_run_writes_rounds_partition_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = last_json_line(proc.stdout)
     keys = {"method", "engine", "partition", "num_clients", "rounds", "knn_top1_init",
-            "knn_top1_per_round", "bytes_up", "bytes_down", "gflops", "peak_rss_mb", "run_dir",
-            "seconds"}  # fmt: skip
+            "knn_top1_per_round", "bytes_up", "bytes_down", "gflops", "peak_rss_mb", "energy_kwh",
+            "energy_method", "run_dir", "seconds"}  # fmt: skip
     assert keys <= set(summary) and len(summary["knn_top1_per_round"]) == 2
     assert summary["gflops"] > 0 and summary["peak_rss_mb"] > 100
+    assert summary["energy_kwh"] > 0 and summary["energy_method"] in ("measured", "estimated")
     rows = read_rounds(out)
     assert [int(r["round"]) for r in rows] == [0, 1, 2]
     assert int(rows[1]["bytes_up"]) == int(rows[1]["bytes_down"]) > 1_000_000

@@ -21,7 +21,8 @@ from ssl_zoo.methods import METHODS
 from ssl_zoo.train import main
 
 SUMMARY_KEYS = {"method", "dataset", "backbone", "epochs", "knn_top1_init", "knn_top1", "run_dir",
-                "seconds", "gflops_per_step", "gflops", "peak_rss_mb"}  # fmt: skip
+                "seconds", "gflops_per_step", "gflops", "peak_rss_mb", "energy_kwh", "energy_method",
+                "co2_kg"}  # fmt: skip
 
 
 def test_train_script_writes_a_finished_run(tmp_path):
@@ -38,6 +39,9 @@ def test_train_script_writes_a_finished_run(tmp_path):
     assert 2.8 < summary["gflops_per_step"] * 1e9 / forward.get_total_flops() < 3.3
     assert summary["gflops"] == pytest.approx(8 * summary["gflops_per_step"], abs=0.01)
     assert 100 < summary["peak_rss_mb"] < 24 * 1024
+    # 2 cores for ~10 s: some watts (RAM estimated from its size) for seconds, far under 1 Wh.
+    assert 0 < summary["energy_kwh"] < 1e-3 and summary["co2_kg"] > 0
+    assert summary["energy_method"] in ("measured", "estimated")
     assert 0 <= summary["knn_top1_init"] <= 1 and 0 <= summary["knn_top1"] <= 1
     for name in (
         "metrics.csv",
