@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import ROOT, last_json_line, run_script
 
 from ssl_zoo.config import parse_config
@@ -404,6 +405,16 @@ def test_comparison_writes_csv_markdown_and_plot(tmp_path):
     )
     assert [r["knn_top1"] for r in again["runs"]] == [r["knn_top1"] for r in summary["runs"]]
     assert again["seconds"] < summary["seconds"] / 2
+    # A run saved before an option existed (here the energy options, one with a factory
+    # default) is still the same run when the option is at its default.
+    saved_path = out / "fed-iid" / "run" / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    del saved["energy_args"], saved["track_energy"]
+    saved_path.write_text(yaml.safe_dump(saved))
+    older = federate_main(
+        ["--compare", str(spec), "--output_dir", str(out), *TINY, "--rounds", "2"]
+    )
+    assert older["runs"][0]["knn_top1"] == summary["runs"][0]["knn_top1"]
     # A subset by name: only the matching runs, reused, and a report of those alone.
     subset = federate_main(["--compare", str(spec), "--compare_only", "central,nothing-*",
                             "--output_dir", str(out), *TINY, "--rounds", "2"])  # fmt: skip

@@ -102,7 +102,7 @@ def reuse_or_run(run, cfg, progress: str) -> dict:
         ignore = ("output_dir", "resume", "wandb_group", "wandb_name")
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         # An option added to ssl_zoo after the run was saved counts as unchanged at its default.
-        defaults = {f.name: f.default for f in fields(cfg)}
+        defaults = type(cfg)().as_dict()  # a factory default (a dict option) counts too
         wanted = {k: v for k, v in cfg.as_dict().items()
                   if k not in ignore and (k in saved or v != defaults.get(k))}  # fmt: skip
         if wanted != {k: v for k, v in saved.items() if k not in ignore}:
