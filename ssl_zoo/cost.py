@@ -95,6 +95,12 @@ class EnergyMeter:
         except Exception as err:  # an optional measurement never stops a run
             self.fail(err)
 
+    def __enter__(self) -> EnergyMeter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()  # a run that raised stops its tracker too (its figures are dropped)
+
     def fail(self, err: Exception) -> None:
         self.tracker = None
         log.warning("energy not tracked (energy_method: none): %s: %s", type(err).__name__, err)

@@ -149,107 +149,115 @@ def evaluate(cfg: EvalConfig) -> dict:
     start = time.time()
     L.seed_everything(cfg.seed, verbose=False)
     check_accelerator(cfg.accelerator, present=True)
-    energy = EnergyMeter(cfg.track_energy, cfg.energy_args)
-    out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
-    if cfg.checkpoint == "random" and cfg.output_dir is None:
-        out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
-    make_output_dir(out_dir)
-    model, feature_dim, meta = load_encoder(cfg)
-    splits = load_splits(
-        cfg.dataset,
-        cfg.data_dir,
-        cfg.image_size or meta.get("image_size"),
-        cfg.train_samples,
-        cfg.test_samples,
-        cfg.seed,
-    )
-    if splits.bank is None:
-        raise UserError(f"{cfg.dataset} at {cfg.data_dir} has no labeled train and test splits")
-
-    device = torch.device(
-        "cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
-    )
-    normalize = DATASETS[cfg.dataset].normalize
-    transform = eval_transform(splits.image_size, normalize)
-    protocols = ["knn", "linear", "finetune"] if cfg.protocol == "all" else [cfg.protocol]
-    seconds: dict[str, float] = {}
-
-    tic = time.time()
-    train_x, train_y = extract_features(
-        model, Transformed(splits.bank, transform), cfg, device, "train features"
-    )
-    test_x, test_y = extract_features(
-        model, Transformed(splits.test, transform), cfg, device, "test features"
-    )
-    seconds["features"] = time.time() - tic
-    results: dict[str, dict] = {}
-    if "knn" in protocols:
-        tic = time.time()
-        scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
-        results["knn"] = dict(zip(("top1", "top5"), topk_accuracy(scores, test_y), strict=True))
-        seconds["knn"] = time.time() - tic
-    if "linear" in protocols:
-        tic = time.time()
-        classifier, mean, std = train_linear_probe(
-            train_x, train_y, splits.num_classes, cfg.linear_epochs, seed=cfg.seed
+    with EnergyMeter(cfg.track_energy, cfg.energy_args) as energy:
+        out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
+        if cfg.checkpoint == "random" and cfg.output_dir is None:
+            out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
+        make_output_dir(out_dir)
+        model, feature_dim, meta = load_encoder(cfg)
+        splits = load_splits(
+            cfg.dataset,
+            cfg.data_dir,
+            cfg.image_size or meta.get("image_size"),
+            cfg.train_samples,
+            cfg.test_samples,
+            cfg.seed,
         )
-        with torch.no_grad():
-            logits = classifier((test_x - mean) / std)
-        results["linear"] = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
-        seconds["linear"] = time.time() - tic
-    if "finetune" in protocols:
-        tic = time.time()
-        labels = train_y.tolist()
-        tuned, n_labels = finetune(
-            model, feature_dim, splits.num_classes, splits.bank, labels, cfg.label_fraction,
-            splits.image_size, normalize, cfg.finetune_epochs, cfg.finetune_lr,
-            cfg.batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
-        )  # fmt: skip
-        logits, _ = extract_features(
-            tuned, Transformed(splits.test, transform), cfg, device, "fine-tuned"
+        if splits.bank is None:
+            raise UserError(f"{cfg.dataset} at {cfg.data_dir} has no labeled train and test splits")
+
+        device = torch.device(
+            "cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
         )
-        accuracy = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
-        results["finetune"] = {**accuracy, "label_fraction": cfg.label_fraction, "labels": n_labels}
-        seconds["finetune"] = time.time() - tic
+        normalize = DATASETS[cfg.dataset].normalize
+        transform = eval_transform(splits.image_size, normalize)
+        protocols = ["knn", "linear", "finetune"] if cfg.protocol == "all" else [cfg.protocol]
+        seconds: dict[str, float] = {}
 
-    # Label-free metrics on the test features; alignment needs two augmented views of each image.
-    tic = time.time()
-    pair_views = build_views("simclr", splits.image_size, normalize, {"gaussian_blur": 0.0})
-    views, _ = extract_features(
-        model, Transformed(splits.test, pair_views), cfg, device, "view pairs"
-    )
-    label_free = label_free_metrics(test_x, (views[0], views[1]), splits.num_classes, cfg.seed)
-    seconds["label_free"] = time.time() - tic
-    plot_path = None
-    if cfg.plot:
-        title = f"{cfg.checkpoint} on {cfg.dataset} (test split)"
-        plot_path = str(embedding_plot(test_x, test_y, out_dir / "embedding.png", title, cfg.seed))
+        tic = time.time()
+        train_x, train_y = extract_features(
+            model, Transformed(splits.bank, transform), cfg, device, "train features"
+        )
+        test_x, test_y = extract_features(
+            model, Transformed(splits.test, transform), cfg, device, "test features"
+        )
+        seconds["features"] = time.time() - tic
+        results: dict[str, dict] = {}
+        if "knn" in protocols:
+            tic = time.time()
+            scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
+            results["knn"] = dict(zip(("top1", "top5"), topk_accuracy(scores, test_y), strict=True))
+            seconds["knn"] = time.time() - tic
+        if "linear" in protocols:
+            tic = time.time()
+            classifier, mean, std = train_linear_probe(
+                train_x, train_y, splits.num_classes, cfg.linear_epochs, seed=cfg.seed
+            )
+            with torch.no_grad():
+                logits = classifier((test_x - mean) / std)
+            results["linear"] = dict(
+                zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True)
+            )
+            seconds["linear"] = time.time() - tic
+        if "finetune" in protocols:
+            tic = time.time()
+            labels = train_y.tolist()
+            tuned, n_labels = finetune(
+                model, feature_dim, splits.num_classes, splits.bank, labels, cfg.label_fraction,
+                splits.image_size, normalize, cfg.finetune_epochs, cfg.finetune_lr,
+                cfg.batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
+            )  # fmt: skip
+            logits, _ = extract_features(
+                tuned, Transformed(splits.test, transform), cfg, device, "fine-tuned"
+            )
+            accuracy = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
+            results["finetune"] = {
+                **accuracy,
+                "label_fraction": cfg.label_fraction,
+                "labels": n_labels,
+            }
+            seconds["finetune"] = time.time() - tic
 
-    first = results[protocols[0]]
-    summary = {
-        "protocol": cfg.protocol,
-        "dataset": cfg.dataset,
-        "checkpoint": cfg.checkpoint,
-        "backbone": meta["spec"]["name"],
-        # With --protocol all, top1/top5 are per protocol; otherwise the protocol's own figures.
-        "top1": first["top1"]
-        if len(protocols) == 1
-        else {p: results[p]["top1"] for p in protocols},
-        "top5": first["top5"]
-        if len(protocols) == 1
-        else {p: results[p]["top5"] for p in protocols},
-        **label_free,
-        "results": results,
-        "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
-        "plot": plot_path,
-        "peak_rss_mb": peak_rss_mb(),
-        **energy.stop(),
-        "seconds": round(time.time() - start, 1),
-    }
-    write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))
-    if cfg.logger == "wandb":
-        log_to_wandb(cfg, summary, out_dir)
-    return summary
+        # Label-free metrics on the test features; alignment needs two augmented views of each image.
+        tic = time.time()
+        pair_views = build_views("simclr", splits.image_size, normalize, {"gaussian_blur": 0.0})
+        views, _ = extract_features(
+            model, Transformed(splits.test, pair_views), cfg, device, "view pairs"
+        )
+        label_free = label_free_metrics(test_x, (views[0], views[1]), splits.num_classes, cfg.seed)
+        seconds["label_free"] = time.time() - tic
+        plot_path = None
+        if cfg.plot:
+            title = f"{cfg.checkpoint} on {cfg.dataset} (test split)"
+            plot_path = str(
+                embedding_plot(test_x, test_y, out_dir / "embedding.png", title, cfg.seed)
+            )
+
+        first = results[protocols[0]]
+        summary = {
+            "protocol": cfg.protocol,
+            "dataset": cfg.dataset,
+            "checkpoint": cfg.checkpoint,
+            "backbone": meta["spec"]["name"],
+            # With --protocol all, top1/top5 are per protocol; otherwise the protocol's own figures.
+            "top1": first["top1"]
+            if len(protocols) == 1
+            else {p: results[p]["top1"] for p in protocols},
+            "top5": first["top5"]
+            if len(protocols) == 1
+            else {p: results[p]["top5"] for p in protocols},
+            **label_free,
+            "results": results,
+            "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
+            "plot": plot_path,
+            "peak_rss_mb": peak_rss_mb(),
+            **energy.stop(),
+            "seconds": round(time.time() - start, 1),
+        }
+        write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))
+        if cfg.logger == "wandb":
+            log_to_wandb(cfg, summary, out_dir)
+        return summary
 
 
 def log_to_wandb(cfg: EvalConfig, summary: dict, out_dir: Path) -> None:

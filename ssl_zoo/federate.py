@@ -212,29 +212,29 @@ def federate(cfg: FedConfig) -> dict:
     start = time.time()
     check_before_work(cfg)
     run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="fed-")
-    energy = EnergyMeter(cfg.track_energy, cfg.energy_args)
-    parts, clients, algorithm = build_federation(cfg)
-    labels = dataset_labels(parts.splits.train)
-    title = f"{cfg.partition} over {cfg.num_clients} clients" + (
-        f" (alpha {cfg.alpha})" if cfg.partition == "dirichlet" else ""
-    )
-    histograms = write_partition(run_dir, labels, clients, parts.splits.num_classes, title)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
-    wandb = WandbRounds(cfg, run_dir, histograms) if cfg.logger == "wandb" else None
+    with EnergyMeter(cfg.track_energy, cfg.energy_args) as energy:
+        parts, clients, algorithm = build_federation(cfg)
+        labels = dataset_labels(parts.splits.train)
+        title = f"{cfg.partition} over {cfg.num_clients} clients" + (
+            f" (alpha {cfg.alpha})" if cfg.partition == "dirichlet" else ""
+        )
+        histograms = write_partition(run_dir, labels, clients, parts.splits.num_classes, title)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+        wandb = WandbRounds(cfg, run_dir, histograms) if cfg.logger == "wandb" else None
 
-    if cfg.engine == "embedded":
-        from ssl_zoo.federated.loop import run_rounds
+        if cfg.engine == "embedded":
+            from ssl_zoo.federated.loop import run_rounds
 
-        state = run_rounds(cfg, parts, algorithm, clients, run_dir, on_round=wandb)
-    else:
-        from ssl_zoo.federated.flower import run_flower_simulation
+            state = run_rounds(cfg, parts, algorithm, clients, run_dir, on_round=wandb)
+        else:
+            from ssl_zoo.federated.flower import run_flower_simulation
 
-        state = run_flower_simulation(cfg, parts, clients, algorithm, run_dir, on_round=wandb)
+            state = run_flower_simulation(cfg, parts, clients, algorithm, run_dir, on_round=wandb)
 
-    summary = finish_run(cfg, parts, state, run_dir, start, energy)
-    if wandb is not None:
-        wandb.finish(summary)
-    return summary
+        summary = finish_run(cfg, parts, state, run_dir, start, energy)
+        if wandb is not None:
+            wandb.finish(summary)
+        return summary
 
 
 def finish_run(

@@ -48,105 +48,107 @@ def train(cfg: TrainConfig) -> dict:
     start = time.time()
     check_before_work(cfg)
     run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
-    energy = EnergyMeter(cfg.track_energy, cfg.energy_args)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with EnergyMeter(cfg.track_energy, cfg.energy_args) as energy:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    parts = build_components(cfg)
-    model, splits = parts.model, parts.splits
-    model.epoch_seed = cfg.seed
-    datamodule = SSLDataModule(
-        splits, parts.views, parts.normalize, cfg.batch_size, cfg.num_workers
-    )
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+        parts = build_components(cfg)
+        model, splits = parts.model, parts.splits
+        model.epoch_seed = cfg.seed
+        datamodule = SSLDataModule(
+            splits, parts.views, parts.normalize, cfg.batch_size, cfg.num_workers
+        )
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
 
-    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    earlier_rows: list[dict] = []
-    if cfg.resume:
-        if not last_ckpt.exists():
-            raise UserError(f"nothing to resume: {last_ckpt} does not exist")
-        try:
-            resumed_step = torch.load(last_ckpt, map_location="cpu", weights_only=False)[
-                "global_step"
+        last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+        earlier_rows: list[dict] = []
+        if cfg.resume:
+            if not last_ckpt.exists():
+                raise UserError(f"nothing to resume: {last_ckpt} does not exist")
+            try:
+                resumed_step = torch.load(last_ckpt, map_location="cpu", weights_only=False)[
+                    "global_step"
+                ]
+            except Exception as err:
+                raise UserError(
+                    f"cannot resume: {last_ckpt} is unreadable ({type(err).__name__}); it was kept"
+                ) from err
+            earlier_rows = [
+                r for r in read_csv_rows(run_dir / "metrics.csv") if int(r["step"]) <= resumed_step
             ]
-        except Exception as err:
-            raise UserError(
-                f"cannot resume: {last_ckpt} is unreadable ({type(err).__name__}); it was kept"
-            ) from err
-        earlier_rows = [
-            r for r in read_csv_rows(run_dir / "metrics.csv") if int(r["step"]) <= resumed_step
-        ]
 
-    loggers = build_loggers(cfg, run_dir)
-    flops = StepFlops()
-    last = {"dirpath": run_dir / "checkpoints", "filename": "last", "save_top_k": 1,
-            "enable_version_counter": False}  # fmt: skip
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs,
-        max_time=timedelta(minutes=cfg.max_time) if cfg.max_time else None,
-        accelerator=cfg.accelerator,
-        devices=1,
-        precision=cfg.precision,
-        logger=loggers,
-        callbacks=[
-            # last.ckpt after every monitor epoch (with its kNN; every epoch without a monitor)
-            # and every --checkpoint_minutes within an epoch, each replacing the one before.
-            ModelCheckpoint(**last, save_on_train_epoch_end=not datamodule.has_monitor),
-            ModelCheckpoint(**last, train_time_interval=timedelta(minutes=cfg.checkpoint_minutes)),
-            TQDMProgressBar(refresh_rate=1),
-            flops,
-        ],
-        check_val_every_n_epoch=cfg.knn_every_n_epochs,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        enable_model_summary=False,
-        default_root_dir=run_dir,
-        plugins=[AtomicCheckpointIO()],
-    )
+        loggers = build_loggers(cfg, run_dir)
+        flops = StepFlops()
+        last = {"dirpath": run_dir / "checkpoints", "filename": "last", "save_top_k": 1,
+                "enable_version_counter": False}  # fmt: skip
+        trainer = L.Trainer(
+            max_epochs=cfg.max_epochs,
+            max_time=timedelta(minutes=cfg.max_time) if cfg.max_time else None,
+            accelerator=cfg.accelerator,
+            devices=1,
+            precision=cfg.precision,
+            logger=loggers,
+            callbacks=[
+                # last.ckpt after every monitor epoch (with its kNN; every epoch without a monitor)
+                # and every --checkpoint_minutes within an epoch, each replacing the one before.
+                ModelCheckpoint(**last, save_on_train_epoch_end=not datamodule.has_monitor),
+                ModelCheckpoint(
+                    **last, train_time_interval=timedelta(minutes=cfg.checkpoint_minutes)
+                ),
+                TQDMProgressBar(refresh_rate=1),
+                flops,
+            ],
+            check_val_every_n_epoch=cfg.knn_every_n_epochs,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+            enable_model_summary=False,
+            default_root_dir=run_dir,
+            plugins=[AtomicCheckpointIO()],
+        )
 
-    init_metrics: dict = {}
-    if datamodule.has_monitor:
-        # The encoder at initialisation is the baseline every kNN figure is compared against.
-        trainer.validate(model, datamodule=datamodule, verbose=False)
-        init_metrics = model.last_metrics
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if cfg.resume else None)
-    final = final_monitor(trainer, model, datamodule)
-    prepend_csv_rows(run_dir / "metrics.csv", earlier_rows)
+        init_metrics: dict = {}
+        if datamodule.has_monitor:
+            # The encoder at initialisation is the baseline every kNN figure is compared against.
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+            init_metrics = model.last_metrics
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if cfg.resume else None)
+        final = final_monitor(trainer, model, datamodule)
+        prepend_csv_rows(run_dir / "metrics.csv", earlier_rows)
 
-    stopped_by = "max_epochs" if trainer.current_epoch >= cfg.max_epochs else "max_time"
-    summary = {
-        "method": cfg.method,
-        "dataset": cfg.dataset,
-        "backbone": cfg.backbone,
-        "epochs": trainer.current_epoch,
-        "steps": trainer.global_step,
-        "stopped_by": stopped_by,
-        "knn_top1_init": init_metrics.get("val/knn_top1"),
-        "knn_top1": final.get("val/knn_top1"),
-        "knn_top5": final.get("val/knn_top5"),
-        "probe_top1": final.get("val/probe_top1"),
-        "embedding_std": final.get("val/embedding_std"),
-        "gflops_per_step": gflops(flops.total(1)),
-        "gflops": gflops(flops.total(trainer.global_step)),
-        "peak_rss_mb": peak_rss_mb(),
-        **energy.stop(),
-        "run_dir": str(run_dir),
-        "seconds": round(time.time() - start, 1),
-    }
-    save_backbone(
-        run_dir / "backbone.pt",
-        model.backbone,
-        parts.spec,
-        feature_dim=model.feature_dim,
-        **model.checkpoint_meta,
-        method=cfg.method,
-        dataset=cfg.dataset,
-        knn_top1=summary["knn_top1"],
-    )
-    wandb = wandb_logger(loggers)
-    if wandb is not None:
-        finish_wandb(wandb, run_dir, summary)
-    write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2))
-    return summary
+        stopped_by = "max_epochs" if trainer.current_epoch >= cfg.max_epochs else "max_time"
+        summary = {
+            "method": cfg.method,
+            "dataset": cfg.dataset,
+            "backbone": cfg.backbone,
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "stopped_by": stopped_by,
+            "knn_top1_init": init_metrics.get("val/knn_top1"),
+            "knn_top1": final.get("val/knn_top1"),
+            "knn_top5": final.get("val/knn_top5"),
+            "probe_top1": final.get("val/probe_top1"),
+            "embedding_std": final.get("val/embedding_std"),
+            "gflops_per_step": gflops(flops.total(1)),
+            "gflops": gflops(flops.total(trainer.global_step)),
+            "peak_rss_mb": peak_rss_mb(),
+            **energy.stop(),
+            "run_dir": str(run_dir),
+            "seconds": round(time.time() - start, 1),
+        }
+        save_backbone(
+            run_dir / "backbone.pt",
+            model.backbone,
+            parts.spec,
+            feature_dim=model.feature_dim,
+            **model.checkpoint_meta,
+            method=cfg.method,
+            dataset=cfg.dataset,
+            knn_top1=summary["knn_top1"],
+        )
+        wandb = wandb_logger(loggers)
+        if wandb is not None:
+            finish_wandb(wandb, run_dir, summary)
+        write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
 
 
 def finish_wandb(logger, run_dir: Path, summary: dict) -> None:

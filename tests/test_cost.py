@@ -2,6 +2,7 @@
 the steps run, the energy tracker, and the fields every summary carries."""
 
 import sys
+import threading
 import time
 
 import lightning.pytorch as L
@@ -13,6 +14,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_zoo.cost import EnergyMeter, StepFlops
+from ssl_zoo.errors import UserError
 from ssl_zoo.train import main as train_main
 
 
@@ -90,3 +92,20 @@ def test_energy_off_or_failing_leaves_none_and_the_run_finishes(tmp_path, caplog
     assert failed["energy_method"] == "none" and failed["knn_top1"] is not None
     assert "energy not tracked (energy_method: none): " in caplog.text
     assert (tmp_path / "failed" / "summary.json").is_file()
+
+
+def test_a_run_that_raises_stops_its_energy_tracker(tmp_path):
+    """codecarbon samples power on a timer thread; a run that fails after starting it (here: a
+    corrupt checkpoint to resume) must stop it, or a notebook or a comparison that goes on
+    keeps a tracker sampling in the background."""
+
+    def trackers() -> int:
+        return sum(isinstance(t, threading.Timer) for t in threading.enumerate())
+
+    before = trackers()
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
+    with pytest.raises(UserError, match="unreadable"):
+        train_main(tiny_args(out, "--resume", "true"))
+    assert trackers() == before
