@@ -45,6 +45,9 @@ class FedConfig(RunConfig):
         rounds: Federated rounds.
         fraction_fit: Fraction of clients sampled each round.
         local_epochs: Epochs each sampled client trains per round.
+        restart_schedule_every_round: Each round's local training runs the whole schedule
+            (warm-up, cosine learning rate, momentum) anew, as FEDn's FedSimSiam example does,
+            instead of one schedule across all rounds (default, as a centralized run's).
         min_clients: Fewest clients that must train successfully for a round to count.
         client_batch_size: Images per step on a client. Default: batch_size x the client's share
             of the images a round trains on (IID, 5 clients: batch_size / 5), so each local
@@ -79,6 +82,7 @@ class FedConfig(RunConfig):
     rounds: int = 5
     fraction_fit: float = 1.0
     local_epochs: int = 1
+    restart_schedule_every_round: bool = False
     min_clients: int = 1
     client_batch_size: int | None = None
     client_dropout: float = 0.0

@@ -147,7 +147,11 @@ def fit_client(
     received = received or {}
     metrics = algorithm.client_start(model, global_state, private, received, client)
     total_rounds = total_rounds or cfg.rounds
-    model.schedule_offset = (round_index * steps_per_round, total_rounds * steps_per_round)
+    model.schedule_offset = (
+        (0, steps_per_round)
+        if cfg.restart_schedule_every_round
+        else (round_index * steps_per_round, total_rounds * steps_per_round)
+    )
     counted = _step_flops.setdefault(model, {})
     flops_key = step_flops_key(algorithm, client, batch_size, received)
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
