@@ -84,7 +84,8 @@ class RunConfig:
     Args:
         method: SSL method (simclr, mocov2, nnclr, byol, simsiam, dino, vicreg, barlowtwins, swav, rotnet).
         method_args: The method's own hyper-parameters (temperature, projector sizes, momentum...).
-        dataset: synthetic, cifar10, cifar100, stl10 or imagefolder.
+        dataset: synthetic, scenes (street scenes, ssl_zoo/scenes.py), cifar10, cifar100, stl10
+            or imagefolder.
         data_dir: Dataset root (torchvision files, or DIR/train/<class>/* for imagefolder).
         image_size: Side of the training views in pixels; default: the dataset's own.
         train_samples: Use at most this many training images (synthetic: generate this many).

@@ -26,7 +26,7 @@ from torch.utils.data import (
 )
 from tqdm.auto import tqdm
 
-from ssl_zoo import synthetic
+from ssl_zoo import scenes, synthetic
 from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.views import eval_transform
 
@@ -46,6 +46,7 @@ class DatasetInfo:
 
 DATASETS = {
     "synthetic": DatasetInfo(SYNTHETIC_NORMALIZE, 32),
+    "scenes": DatasetInfo(SYNTHETIC_NORMALIZE, 128),
     "cifar10": DatasetInfo(CIFAR10_NORMALIZE, 32),
     "cifar100": DatasetInfo(CIFAR100_NORMALIZE, 32),
     "stl10": DatasetInfo(IMAGENET_NORMALIZE, 96),
@@ -215,6 +216,15 @@ def load_splits(
         test_x, test_y = synthetic.generate(test_samples or SYNTHETIC_SIZES["test"], 32, seed=1)
         train, test = ArrayImages(train_x, train_y), ArrayImages(test_x, test_y)
         splits = (train, train, test, len(synthetic.CLASSES))
+    elif dataset == "scenes":
+        # Street scenes, labeled by their largest object for the kNN monitor; their boxes serve
+        # the detection protocol (ssl_zoo/detection).
+        parts = []
+        for seed, count in ((0, train_samples or scenes.SIZES["train"]),
+                            (1, test_samples or scenes.SIZES["test"])):  # fmt: skip
+            images, boxes, labels = scenes.generate(count, seed=seed)
+            parts.append(ArrayImages(images, scenes.largest_object_labels(boxes, labels)))
+        splits = (parts[0], parts[0], parts[1], len(scenes.CLASSES))
     elif dataset == "imagefolder":
         splits = _load_imagefolder(data_dir)
     else:

@@ -1,5 +1,6 @@
 """Evaluate an encoder: kNN, linear probe and few-label fine-tuning, with label-free metrics and an
-embedding plot. Works for backbone.pt, Lightning checkpoints of ssl_zoo runs, and random init."""
+embedding plot, or detection transfer (ssl_zoo/detection). Works for backbone.pt, Lightning
+checkpoints of ssl_zoo runs, and random init."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ from ssl_zoo.config import (
     write_atomically,
 )
 from ssl_zoo.cost import EnergyMeter, peak_rss_mb
-from ssl_zoo.data import DATASETS, Transformed, load_splits
+from ssl_zoo.data import (
+    DATASETS,
+    IMAGENET_NORMALIZE,
+    SYNTHETIC_NORMALIZE,
+    Transformed,
+    load_splits,
+)
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.evaluation.finetune import finetune
 from ssl_zoo.evaluation.knn import knn_scores, topk_accuracy
@@ -34,7 +41,11 @@ from ssl_zoo.evaluation.plots import embedding_plot
 from ssl_zoo.loggers import wandb_mode
 from ssl_zoo.views import build_views, eval_transform
 
-PROTOCOLS = ("knn", "linear", "finetune", "all")
+PROTOCOLS = ("knn", "linear", "finetune", "all", "detection")
+DETECTION_DATASETS = ("scenes", "coco")
+# Detection images are normalised as the backbone's pretraining data was (its checkpoint says
+# how); a random backbone takes its dataset's statistics.
+DETECTION_NORMALIZE = {"scenes": SYNTHETIC_NORMALIZE, "coco": IMAGENET_NORMALIZE}
 
 
 @dataclass
@@ -43,8 +54,9 @@ class EvalConfig:
 
     Args:
         checkpoint: backbone.pt or a .ckpt of an ssl_zoo run, or 'random' for initialisation.
-        protocol: knn, linear, finetune or all.
-        dataset: synthetic, cifar10, cifar100, stl10 or imagefolder.
+        protocol: knn, linear, finetune, all (the first three) or detection.
+        dataset: synthetic, scenes, cifar10, cifar100, stl10 or imagefolder; detection: scenes
+            (synthetic street scenes with boxes) or coco (COCO detection JSON under data_dir).
         data_dir: Dataset root.
         backbone: Backbone name; required with --checkpoint random, checked against a checkpoint.
         image_size: Input size; default: the checkpoint's, else the dataset's.
@@ -53,10 +65,20 @@ class EvalConfig:
         knn_k: Neighbours of the kNN classifier.
         knn_t: Temperature of its weighted vote.
         linear_epochs: Epochs of the linear probe on precomputed features.
-        label_fraction: Fraction of training labels for fine-tuning, class-balanced, in (0, 1].
+        label_fraction: Fraction of training labels for fine-tuning, class-balanced, in (0, 1];
+            detection: the fraction of labeled training images.
         finetune_epochs: Fine-tuning epochs.
         finetune_lr: Fine-tuning learning rate (SGD, cosine).
-        plot: Write embedding.png (t-SNE of the test features coloured by class).
+        classes: detection: comma-separated class names to detect (default: all of them).
+        det_size: detection: shorter image side the detector sees.
+        det_epochs: detection: fine-tuning epochs over the labeled images.
+        det_lr: detection: peak learning rate (SGD, warm-up then cosine).
+        det_batch_size: detection: images per step.
+        trainable_layers: detection: how many of the backbone's stem and four stages train,
+            from the top (0: frozen backbone, 5: all), as torchvision's detectors count them.
+        trainable_bn: detection: train BatchNorm (batch statistics) instead of freezing it.
+        plot: Write embedding.png (t-SNE of the test features coloured by class), or
+            detections.png (predicted boxes on validation images).
         batch_size: Images per forward pass.
         num_workers: DataLoader worker processes.
         accelerator: auto, cpu, gpu, ...
@@ -84,6 +106,13 @@ class EvalConfig:
     label_fraction: float = 0.01
     finetune_epochs: int = 30
     finetune_lr: float = 0.05
+    classes: str | None = None
+    det_size: int = 128
+    det_epochs: int = 12
+    det_lr: float = 0.02
+    det_batch_size: int = 8
+    trainable_layers: int = 3
+    trainable_bn: bool = False
     plot: bool = True
     batch_size: int = 256
     num_workers: int = 2
@@ -100,7 +129,16 @@ class EvalConfig:
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise unknown_choice("protocol", self.protocol, PROTOCOLS)
-        if self.dataset not in DATASETS:
+        if self.protocol == "detection":
+            if self.dataset not in DETECTION_DATASETS:
+                raise unknown_choice(
+                    "dataset for --protocol detection", self.dataset, DETECTION_DATASETS
+                )
+            if not 0 <= self.trainable_layers <= 5:
+                raise UserError(f"trainable_layers must be in [0, 5], got {self.trainable_layers}")
+            if min(self.det_size, self.det_epochs, self.det_batch_size) < 1 or self.det_lr <= 0:
+                raise UserError("det_size, det_epochs, det_batch_size and det_lr must be > 0")
+        elif self.dataset not in DATASETS:
             raise unknown_choice("dataset", self.dataset, DATASETS)
         if self.logger not in LOGGERS:
             raise unknown_choice("logger", self.logger, LOGGERS)
@@ -115,7 +153,10 @@ class EvalConfig:
 
 def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
     if cfg.checkpoint == "random":
-        size = cfg.image_size or DATASETS[cfg.dataset].image_size or 32
+        if cfg.protocol == "detection":
+            size = cfg.det_size
+        else:
+            size = cfg.image_size or DATASETS[cfg.dataset].image_size or 32
         spec = BackboneSpec(cfg.backbone, default_cifar_stem(cfg.backbone, size))
         model, dim = build_backbone(spec)
         return model, dim, {"spec": asdict(spec)}
@@ -155,101 +196,21 @@ def evaluate(cfg: EvalConfig) -> dict:
             out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
         make_output_dir(out_dir)
         model, feature_dim, meta = load_encoder(cfg)
-        splits = load_splits(
-            cfg.dataset,
-            cfg.data_dir,
-            cfg.image_size or meta.get("image_size"),
-            cfg.train_samples,
-            cfg.test_samples,
-            cfg.seed,
-        )
-        if splits.bank is None:
-            raise UserError(f"{cfg.dataset} at {cfg.data_dir} has no labeled train and test splits")
+        if cfg.protocol == "detection":
+            from ssl_zoo.detection.protocol import run_detection
 
-        device = torch.device(
-            "cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
-        )
-        normalize = DATASETS[cfg.dataset].normalize
-        transform = eval_transform(splits.image_size, normalize)
-        protocols = ["knn", "linear", "finetune"] if cfg.protocol == "all" else [cfg.protocol]
-        seconds: dict[str, float] = {}
-
-        tic = time.time()
-        train_x, train_y = extract_features(
-            model, Transformed(splits.bank, transform), cfg, device, "train features"
-        )
-        test_x, test_y = extract_features(
-            model, Transformed(splits.test, transform), cfg, device, "test features"
-        )
-        seconds["features"] = time.time() - tic
-        results: dict[str, dict] = {}
-        if "knn" in protocols:
-            tic = time.time()
-            scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
-            results["knn"] = dict(zip(("top1", "top5"), topk_accuracy(scores, test_y), strict=True))
-            seconds["knn"] = time.time() - tic
-        if "linear" in protocols:
-            tic = time.time()
-            classifier, mean, std = train_linear_probe(
-                train_x, train_y, splits.num_classes, cfg.linear_epochs, seed=cfg.seed
-            )
-            with torch.no_grad():
-                logits = classifier((test_x - mean) / std)
-            results["linear"] = dict(
-                zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True)
-            )
-            seconds["linear"] = time.time() - tic
-        if "finetune" in protocols:
-            tic = time.time()
-            labels = train_y.tolist()
-            tuned, n_labels = finetune(
-                model, feature_dim, splits.num_classes, splits.bank, labels, cfg.label_fraction,
-                splits.image_size, normalize, cfg.finetune_epochs, cfg.finetune_lr,
-                cfg.batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
-            )  # fmt: skip
-            logits, _ = extract_features(
-                tuned, Transformed(splits.test, transform), cfg, device, "fine-tuned"
-            )
-            accuracy = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
-            results["finetune"] = {
-                **accuracy,
-                "label_fraction": cfg.label_fraction,
-                "labels": n_labels,
-            }
-            seconds["finetune"] = time.time() - tic
-
-        # Label-free metrics on the test features; alignment needs two augmented views of each image.
-        tic = time.time()
-        pair_views = build_views("simclr", splits.image_size, normalize, {"gaussian_blur": 0.0})
-        views, _ = extract_features(
-            model, Transformed(splits.test, pair_views), cfg, device, "view pairs"
-        )
-        label_free = label_free_metrics(test_x, (views[0], views[1]), splits.num_classes, cfg.seed)
-        seconds["label_free"] = time.time() - tic
-        plot_path = None
-        if cfg.plot:
-            title = f"{cfg.checkpoint} on {cfg.dataset} (test split)"
-            plot_path = str(
-                embedding_plot(test_x, test_y, out_dir / "embedding.png", title, cfg.seed)
-            )
-
-        first = results[protocols[0]]
+            normalize = meta.get("normalize") or DETECTION_NORMALIZE[cfg.dataset]
+            title = f"{cfg.checkpoint} on {cfg.dataset} ({cfg.label_fraction:g} of the labels)"
+            found = run_detection(cfg, model, normalize, out_dir, title)
+            found["results"] = {"detection": {k: found[k] for k in ("map", "map_50")}}
+        else:
+            found = classification_protocols(cfg, model, feature_dim, meta, out_dir)
         summary = {
             "protocol": cfg.protocol,
             "dataset": cfg.dataset,
             "checkpoint": cfg.checkpoint,
             "backbone": meta["spec"]["name"],
-            # With --protocol all, top1/top5 are per protocol; otherwise the protocol's own figures.
-            "top1": first["top1"]
-            if len(protocols) == 1
-            else {p: results[p]["top1"] for p in protocols},
-            "top5": first["top5"]
-            if len(protocols) == 1
-            else {p: results[p]["top5"] for p in protocols},
-            **label_free,
-            "results": results,
-            "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
-            "plot": plot_path,
+            **found,
             "peak_rss_mb": peak_rss_mb(),
             **energy.stop(),
             "seconds": round(time.time() - start, 1),
@@ -258,6 +219,99 @@ def evaluate(cfg: EvalConfig) -> dict:
         if cfg.logger == "wandb":
             log_to_wandb(cfg, summary, out_dir)
         return summary
+
+
+def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int, meta: dict,
+                             out_dir: Path) -> dict:  # fmt: skip
+    """kNN, linear probe and fine-tuning with label-free metrics and the embedding plot."""
+    splits = load_splits(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.image_size or meta.get("image_size"),
+        cfg.train_samples,
+        cfg.test_samples,
+        cfg.seed,
+    )
+    if splits.bank is None:
+        raise UserError(f"{cfg.dataset} at {cfg.data_dir} has no labeled train and test splits")
+
+    device = torch.device(
+        "cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    )
+    normalize = DATASETS[cfg.dataset].normalize
+    transform = eval_transform(splits.image_size, normalize)
+    protocols = ["knn", "linear", "finetune"] if cfg.protocol == "all" else [cfg.protocol]
+    seconds: dict[str, float] = {}
+
+    tic = time.time()
+    train_x, train_y = extract_features(
+        model, Transformed(splits.bank, transform), cfg, device, "train features"
+    )
+    test_x, test_y = extract_features(
+        model, Transformed(splits.test, transform), cfg, device, "test features"
+    )
+    seconds["features"] = time.time() - tic
+    results: dict[str, dict] = {}
+    if "knn" in protocols:
+        tic = time.time()
+        scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
+        results["knn"] = dict(zip(("top1", "top5"), topk_accuracy(scores, test_y), strict=True))
+        seconds["knn"] = time.time() - tic
+    if "linear" in protocols:
+        tic = time.time()
+        classifier, mean, std = train_linear_probe(
+            train_x, train_y, splits.num_classes, cfg.linear_epochs, seed=cfg.seed
+        )
+        with torch.no_grad():
+            logits = classifier((test_x - mean) / std)
+        results["linear"] = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
+        seconds["linear"] = time.time() - tic
+    if "finetune" in protocols:
+        tic = time.time()
+        labels = train_y.tolist()
+        tuned, n_labels = finetune(
+            model, feature_dim, splits.num_classes, splits.bank, labels, cfg.label_fraction,
+            splits.image_size, normalize, cfg.finetune_epochs, cfg.finetune_lr,
+            cfg.batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
+        )  # fmt: skip
+        logits, _ = extract_features(
+            tuned, Transformed(splits.test, transform), cfg, device, "fine-tuned"
+        )
+        accuracy = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
+        results["finetune"] = {
+            **accuracy,
+            "label_fraction": cfg.label_fraction,
+            "labels": n_labels,
+        }
+        seconds["finetune"] = time.time() - tic
+
+    # Label-free metrics on the test features; alignment needs two augmented views of each image.
+    tic = time.time()
+    pair_views = build_views("simclr", splits.image_size, normalize, {"gaussian_blur": 0.0})
+    views, _ = extract_features(
+        model, Transformed(splits.test, pair_views), cfg, device, "view pairs"
+    )
+    label_free = label_free_metrics(test_x, (views[0], views[1]), splits.num_classes, cfg.seed)
+    seconds["label_free"] = time.time() - tic
+    plot_path = None
+    if cfg.plot:
+        title = f"{cfg.checkpoint} on {cfg.dataset} (test split)"
+        plot_path = str(embedding_plot(test_x, test_y, out_dir / "embedding.png", title, cfg.seed))
+
+    first = results[protocols[0]]
+    return {
+        # With --protocol all, top1/top5 are per protocol; otherwise the protocol's own figures.
+        "top1": first["top1"]
+        if len(protocols) == 1
+        else {p: results[p]["top1"] for p in protocols},
+        "top5": first["top5"]
+        if len(protocols) == 1
+        else {p: results[p]["top5"] for p in protocols},
+        **label_free,
+        "results": results,
+        "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
+        "plot": plot_path,
+    }
 
 
 def log_to_wandb(cfg: EvalConfig, summary: dict, out_dir: Path) -> None:
@@ -278,7 +332,7 @@ def log_to_wandb(cfg: EvalConfig, summary: dict, out_dir: Path) -> None:
         flat.update({f"{protocol}/{k}": v for k, v in values.items()})
     run.summary.update(flat)
     if summary["plot"]:
-        run.log({"embedding": wandb.Image(summary["plot"])})
+        run.log({Path(summary["plot"]).stem: wandb.Image(summary["plot"])})
     run.finish()
 
 

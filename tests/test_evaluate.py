@@ -164,7 +164,7 @@ BAD = [
     (["--checkpoint", "BACKBONE", "--backbone", "resnet18"], "holds a timm:resnet10t backbone, not the requested resnet18"),
     (["--checkpoint", "BACKBONE", "--label_fraction", "0"], "label_fraction must be in (0, 1], got 0.0"),
     (["--checkpoint", "BACKBONE", "--label_fraction", "1.5"], "label_fraction must be in (0, 1], got 1.5"),
-    (["--checkpoint", "BACKBONE", "--protocol", "svm"], "unknown protocol 'svm'; valid choices: all, finetune, knn, linear"),
+    (["--checkpoint", "BACKBONE", "--protocol", "svm"], "unknown protocol 'svm'; valid choices: all, detection, finetune, knn, linear"),
     (["--checkpoint", "random"], "--checkpoint random needs --backbone NAME"),
 ]  # fmt: skip
 

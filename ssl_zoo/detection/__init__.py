@@ -1,0 +1,1 @@
+"""Detection transfer: an SSL backbone fine-tuned as a torchvision detector with few labels."""

@@ -1,0 +1,208 @@
+"""The detection transfer protocol: fine-tune Faster R-CNN over the backbone on a seeded fraction
+of the labeled training images (horizontal flips), then mAP on the validation split with
+torchmetrics (COCO's mAP@[.5:.95], mAP@.5, AP per class) and a picture of predicted boxes."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import lightning.pytorch as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from ssl_zoo.detection.data import DetectionImages, labeled_subset
+
+
+class Flipped(Dataset):
+    """Training items with a random horizontal flip of the image and its boxes."""
+
+    def __init__(self, base: DetectionImages):
+        self.base, self.flip = base, v2.RandomHorizontalFlip()
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, target = self.base[index]
+        boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY",
+                                         canvas_size=tuple(image.shape[-2:]))  # fmt: skip
+        image, boxes = self.flip(tv_tensors.Image(image), boxes)
+        return image.as_subclass(torch.Tensor), {**target, "boxes": boxes.as_subclass(torch.Tensor)}
+
+
+def collate(batch):
+    images, targets = zip(*batch, strict=True)
+    return [i.float() / 255 for i in images], list(targets)
+
+
+class DetectorFineTuner(L.LightningModule):
+    def __init__(self, detector, lr: float, warmup_fraction: float = 0.05):
+        super().__init__()
+        self.detector, self.lr, self.warmup_fraction = detector, lr, warmup_fraction
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        losses = self.detector(images, targets)
+        loss = sum(losses.values())
+        self.log("detection/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.detector.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=1e-4)
+        total = max(1, self.trainer.estimated_stepping_batches)
+        warmup = max(1, round(self.warmup_fraction * total))
+
+        # Linear warm-up (a detector's first steps from new heads diverge without it), then cosine.
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+
+def fine_tune_detector(detector, train: DetectionImages, fraction: float, epochs: int, lr: float,
+                       batch_size: int, num_workers: int, seed: int, accelerator: str):  # fmt: skip
+    """Fine-tune on a seeded `fraction` of the training images; returns (tuner, labeled images,
+    loss of the first and of the last logged step)."""
+    labeled = labeled_subset(train, fraction, seed)
+    L.seed_everything(seed, verbose=False)
+    loader = DataLoader(Flipped(labeled), batch_size=min(batch_size, len(labeled)), shuffle=True,
+                        num_workers=num_workers, collate_fn=collate,
+                        persistent_workers=num_workers > 0)  # fmt: skip
+    tuner = DetectorFineTuner(detector, lr)
+    losses = LossTrace()
+    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        log_every_n_steps=1, callbacks=[losses])  # fmt: skip
+    trainer.fit(tuner, loader)
+    return tuner, len(labeled), losses.first_epoch_mean, losses.last_epoch_mean
+
+
+class LossTrace(L.Callback):
+    """Mean training loss of the first and of the last epoch."""
+
+    def __init__(self):
+        self.epochs: list[list[float]] = []
+
+    def on_train_epoch_start(self, trainer, module):
+        self.epochs.append([])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.epochs[-1].append(float(outputs["loss"]))
+
+    @property
+    def first_epoch_mean(self) -> float:
+        return sum(self.epochs[0]) / len(self.epochs[0])
+
+    @property
+    def last_epoch_mean(self) -> float:
+        return sum(self.epochs[-1]) / len(self.epochs[-1])
+
+
+@torch.no_grad()
+def predict(detector, data: DetectionImages, batch_size: int, device) -> list[dict]:
+    detector.eval().to(device)
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=collate)
+    predictions = []
+    for images, _ in tqdm(loader, desc="detecting", unit="batch", leave=False):
+        out = detector([i.to(device) for i in images])
+        predictions += [{k: v.cpu() for k, v in p.items()} for p in out]
+    return predictions
+
+
+def mean_average_precision(predictions: list[dict], data: DetectionImages, classes: list[str]):
+    """COCO mAP@[.5:.95], mAP@.5 and AP per class name (-1 where a class has no box in data)."""
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
+                                  backend="pycocotools")  # fmt: skip
+    targets = [data[i][1] for i in range(len(data))]
+    metric.update(predictions, targets)
+    result = metric.compute()
+    per_class = dict.fromkeys(classes, -1.0)
+    for label, ap in zip(result["classes"].reshape(-1).tolist(),
+                         result["map_per_class"].reshape(-1).tolist(), strict=True):  # fmt: skip
+        per_class[classes[label - 1]] = round(ap, 4)
+    return {"map": round(float(result["map"]), 4), "map_50": round(float(result["map_50"]), 4),
+            "map_per_class": per_class}  # fmt: skip
+
+
+def detection_plot(predictions, data: DetectionImages, classes: list[str], path, title: str,
+                   count: int = 6, min_score: float = 0.5):  # fmt: skip
+    """Predicted boxes (solid, with class and score) over ground truth (dashed, white)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    count = min(count, len(data))
+    fig, axes = plt.subplots(1, count, figsize=(3 * count, 3.3), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, index in zip(axes[0], range(count), strict=True):
+        image, target = data[index]
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        for x0, y0, x1, y1 in target["boxes"].tolist():
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--"))
+        p = predictions[index]
+        for box, label, score in zip(p["boxes"].tolist(), p["labels"].tolist(),
+                                     p["scores"].tolist(), strict=True):  # fmt: skip
+            if score < min_score:
+                continue
+            x0, y0, x1, y1 = box
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colours(label % 10)))
+            ax.text(x0, y0, f"{classes[label - 1]} {score:.2f}", color=colours(label % 10),
+                    fontsize=7, va="bottom")  # fmt: skip
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
+    """The whole protocol on evaluate.py's config; returns the summary's detection fields."""
+    from ssl_zoo.detection.data import load_detection
+    from ssl_zoo.detection.model import build_detector
+
+    tic = time.time()
+    classes = [c.strip() for c in cfg.classes.split(",")] if cfg.classes else None
+    splits = load_detection(cfg.dataset, cfg.data_dir, classes, cfg.train_samples,
+                            cfg.test_samples)  # fmt: skip
+    detector = build_detector(copy.deepcopy(backbone), len(splits.classes), cfg.det_size,
+                              normalize, cfg.trainable_layers, cfg.trainable_bn)  # fmt: skip
+    seconds = {"data": time.time() - tic}
+    tic = time.time()
+    _, labeled, first_loss, last_loss = fine_tune_detector(
+        detector, splits.train, cfg.label_fraction, cfg.det_epochs, cfg.det_lr,
+        cfg.det_batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
+    )  # fmt: skip
+    seconds["fine_tune"] = time.time() - tic
+    tic = time.time()
+    device = next(detector.parameters()).device
+    predictions = predict(detector, splits.val, cfg.det_batch_size, device)
+    scores = mean_average_precision(predictions, splits.val, splits.classes)
+    seconds["map"] = time.time() - tic
+    plot = None
+    if cfg.plot:
+        plot = str(detection_plot(predictions, splits.val, splits.classes,
+                                  out_dir / "detections.png", title))  # fmt: skip
+    return {
+        **scores,
+        "classes": splits.classes,
+        "label_fraction": cfg.label_fraction,
+        "labeled_images": labeled,
+        "val_images": len(splits.val),
+        "loss_first_epoch": round(first_loss, 4),
+        "loss_last_epoch": round(last_loss, 4),
+        "seconds_per_part": {k: round(v, 1) for k, v in seconds.items()},
+        "plot": plot,
+    }
