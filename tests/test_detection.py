@@ -131,10 +131,10 @@ def test_scenes_pretrain_then_detection_fine_tunes_and_reports_map(tmp_path):
     out = tmp_path / "det"
     checkpoint = str(tmp_path / "ssl" / "backbone.pt")
     summary = evaluate_main(["--checkpoint", checkpoint, "--config",
-                             "configs/detection/scenes.yaml", "--train_samples", "16",
+                             "configs/detection/scenes.yaml", "--train_samples", "12",
                              "--test_samples", "8", "--label_fraction", "1", "--det_size", "64",
-                             "--det_epochs", "4", "--num_workers", "0", "--output_dir", str(out)])  # fmt: skip
-    assert summary["protocol"] == "detection" and summary["labeled_images"] == 16
+                             "--det_epochs", "3", "--num_workers", "0", "--output_dir", str(out)])  # fmt: skip
+    assert summary["protocol"] == "detection" and summary["labeled_images"] == 12
     assert summary["loss_last_epoch"] < summary["loss_first_epoch"]
     assert 0 <= summary["map"] <= summary["map_50"] <= 1
     assert set(summary["map_per_class"]) == set(scenes.CLASSES)

@@ -331,7 +331,7 @@ def test_clients_dropping_out_at_random_are_counted_and_the_rounds_go_on(tmp_pat
     """30% of client fits fail (--client_dropout): every round still ends with those that
     trained, rounds.csv counts each failure, and both engines lose the same clients and end with
     the same global weights (the survivors train as they would have)."""
-    args = [*TINY, "--num_clients", "5", "--rounds", "4", "--client_dropout", "0.3"]
+    args = [*TINY, "--num_clients", "5", "--rounds", "3", "--client_dropout", "0.3"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in Flower's actors: same float reduction order
     try:
@@ -339,14 +339,14 @@ def test_clients_dropping_out_at_random_are_counted_and_the_rounds_go_on(tmp_pat
     finally:
         torch.set_num_threads(threads)
     flower = federate_main([*args, "--output_dir", str(tmp_path / "flower"), "--engine", "flower"])
-    assert len(embedded["knn_top1_per_round"]) == len(flower["knn_top1_per_round"]) == 4
+    assert len(embedded["knn_top1_per_round"]) == len(flower["knn_top1_per_round"]) == 3
     counts = {}
     for engine in ("embedded", "flower"):
         rows = read_rounds(tmp_path / engine)[1:]
         counts[engine] = [(int(r["clients"]), int(r["failed"])) for r in rows]
         assert all(trained + failed == 5 for trained, failed in counts[engine]), counts
     failures = sum(failed for _, failed in counts["embedded"])
-    assert 3 <= failures <= 9, counts  # about 30% of 20 fits
+    assert 1 <= failures <= 8, counts  # 30% of 15 fits: 4.5, two standard deviations 3.5
     assert counts["embedded"] == counts["flower"]
     a, b = (torch.load(tmp_path / e / "fed_state.pt", weights_only=False)["global_state"]
             for e in ("embedded", "flower"))  # fmt: skip
