@@ -22,6 +22,14 @@ AUGMENT = ("batched", "pil")
 COLLAPSE = ("warn", "stop", "off")
 
 
+def inference_device(accelerator: str):
+    """Where an evaluation computes outside a Trainer (features, detections): CUDA when asked
+    for (or auto) and present, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def check_accelerator(name: str, present: bool = False) -> None:
     """One of Lightning's accelerator names; with `present`, also one this machine has (checked
     when a run starts, not when a config is read: a GPU config may be prepared on a laptop).

@@ -20,6 +20,7 @@ from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, 
 from ssl_zoo.config import (
     LOGGERS,
     check_accelerator,
+    inference_device,
     json_entry_point,
     make_output_dir,
     write_atomically,
@@ -235,9 +236,7 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
     if splits.bank is None:
         raise UserError(f"{cfg.dataset} at {cfg.data_dir} has no labeled train and test splits")
 
-    device = torch.device(
-        "cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
-    )
+    device = inference_device(cfg.accelerator)
     normalize = DATASETS[cfg.dataset].normalize
     transform = eval_transform(splits.image_size, normalize)
     protocols = ["knn", "linear", "finetune"] if cfg.protocol == "all" else [cfg.protocol]

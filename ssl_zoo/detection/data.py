@@ -43,11 +43,13 @@ class DetectionImages(Dataset):
                 raise UserError(f"cannot read image {image}: {err}") from None
         return image
 
+    def target(self, index: int) -> dict[str, torch.Tensor]:
+        return {"boxes": torch.as_tensor(self.boxes[index], dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.as_tensor(self.labels[index], dtype=torch.int64) + 1}  # fmt: skip
+
     def __getitem__(self, index: int):
         image = torch.from_numpy(np.ascontiguousarray(self.image(index))).permute(2, 0, 1)
-        target = {"boxes": torch.as_tensor(self.boxes[index], dtype=torch.float32).reshape(-1, 4),
-                  "labels": torch.as_tensor(self.labels[index], dtype=torch.int64) + 1}  # fmt: skip
-        return image, target
+        return image, self.target(index)
 
     def subset(self, indices) -> DetectionImages:
         pick = lambda items: [items[i] for i in indices]  # noqa: E731

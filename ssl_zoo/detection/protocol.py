@@ -16,6 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from ssl_zoo.config import inference_device
 from ssl_zoo.detection.data import DetectionImages, labeled_subset
 
 
@@ -123,7 +124,7 @@ def mean_average_precision(predictions: list[dict], data: DetectionImages, class
     """COCO mAP@[.5:.95], mAP@.5 and AP per class name (-1 where a class has no box in data)."""
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
                                   backend="pycocotools")  # fmt: skip
-    targets = [data[i][1] for i in range(len(data))]
+    targets = [data.target(i) for i in range(len(data))]
     metric.update(predictions, targets)
     result = metric.compute()
     per_class = dict.fromkeys(classes, -1.0)
@@ -187,7 +188,7 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
     )  # fmt: skip
     seconds["fine_tune"] = time.time() - tic
     tic = time.time()
-    device = next(detector.parameters()).device
+    device = inference_device(cfg.accelerator)
     predictions = predict(detector, splits.val, cfg.det_batch_size, device)
     scores = mean_average_precision(predictions, splits.val, splits.classes)
     seconds["map"] = time.time() - tic
