@@ -20,6 +20,7 @@ from ssl_zoo.config import RunConfig, parse_config, write_atomically
 from ssl_zoo.cost import EnergyMeter, peak_rss_mb
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError, run_main, unknown_choice
+from ssl_zoo.federated.aggregate import WIRE_DTYPES
 from ssl_zoo.federated.algorithms import ALGORITHMS, Stack, build_algorithm
 from ssl_zoo.federated.partition import PARTITIONS, class_histograms, partition, plot_histograms
 from ssl_zoo.federated.server_optimizer import SERVER_OPTIMIZERS
@@ -52,6 +53,10 @@ class FedConfig(RunConfig):
         client_batch_size: Images per step on a client. Default: batch_size x the client's share
             of the images a round trains on (IID, 5 clients: batch_size / 5), so each local
             epoch takes as many steps as a centralized epoch at batch_size.
+        update_dtype: float32, float16 or bfloat16: the precision the global model and the
+            clients' weights travel in (bytes_down, bytes_up); each side computes in float32
+            and the server sums in float64. float16 halves the bytes and keeps 10 mantissa bits
+            but overflows past 65504; bfloat16 keeps float32's range with 7 bits.
         client_dropout: Chance that a sampled client goes offline in a round (simulated, drawn
             from seed, round and client): it is sent the model, returns nothing and is counted
             in rounds.csv `failed`. For studying unreliable clients; 0 on real deployments.
@@ -85,6 +90,7 @@ class FedConfig(RunConfig):
     restart_schedule_every_round: bool = False
     min_clients: int = 1
     client_batch_size: int | None = None
+    update_dtype: str = "float32"
     client_dropout: float = 0.0
     fed_algorithm: str = "fedavg"
     fedbn: bool = False
@@ -133,6 +139,11 @@ class FedConfig(RunConfig):
                 f"shared_features must be >= 1 (got {self.shared_features})",
             ),
             (self.fusion_match_weight >= 0, "fusion_match_weight must be >= 0"),
+            (
+                self.update_dtype in WIRE_DTYPES,
+                f"unknown update_dtype '{self.update_dtype}'; valid choices: "
+                + ", ".join(WIRE_DTYPES),
+            ),
             (not self.compare_only or self.compare, "--compare_only needs --compare FILE"),
             (self.server_lr > 0, f"server_lr must be > 0 (got {self.server_lr})"),
             (

@@ -18,7 +18,7 @@ from ssl_zoo.config import parse_config
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.federate import FedConfig, build_federation
 from ssl_zoo.federate import main as federate_main
-from ssl_zoo.federated.aggregate import WeightedMean, fedavg
+from ssl_zoo.federated.aggregate import WeightedMean, fedavg, from_wire, state_bytes, to_wire
 from ssl_zoo.federated.client import client_batch_size, fit_client, load_private
 from ssl_zoo.federated.flower import to_record, to_state
 from ssl_zoo.federated.partition import class_histograms, partition
@@ -376,6 +376,34 @@ def test_flower_records_hold_the_same_bytes_as_flowers_own_and_round_trip():
             assert torch.equal(back[key], tensor), key
     back["conv"].add_(1)  # writable, and not a view into the record's bytes
     assert torch.equal(to_state(ours)["conv"], state["conv"])
+    # numpy has no bfloat16; --update_dtype bfloat16 sends its bits and gets them back.
+    brain = {"w": torch.randn(3, 4).bfloat16(), "scalar": torch.tensor(2.5).bfloat16()}
+    back = to_state(to_record(brain))
+    assert all(back[k].dtype == torch.bfloat16 and torch.equal(back[k], brain[k]) for k in brain)
+
+
+def test_half_precision_on_the_wire_halves_the_bytes_and_computes_in_float32(tmp_path):
+    """--update_dtype float16: the global model and the clients' weights travel in float16
+    (bytes counted as sent), the server keeps and sums float32 weights."""
+    state = {"w": torch.randn(4, 4), "big": torch.full((2,), 1e6), "steps": torch.tensor(3)}
+    wire = to_wire(state, "bfloat16")
+    assert wire["w"].dtype == torch.bfloat16 and wire["steps"].dtype == torch.int64
+    assert state_bytes(wire) == state_bytes(state) // 2 + 4  # the int64 scalar stays 8 bytes
+    back = from_wire(wire, state)
+    assert back["w"].dtype == torch.float32 and torch.allclose(back["w"], state["w"], rtol=1e-2)
+    with pytest.raises(UserError, match="big overflows float16 on the wire"):
+        to_wire(state, "float16")
+    summary = federate_main([*TINY, "--rounds", "1", "--update_dtype", "float16",
+                             "--output_dir", str(tmp_path)])  # fmt: skip
+    saved = torch.load(tmp_path / "fed_state.pt", weights_only=False)["global_state"]
+    assert all(v.dtype != torch.float16 for v in saved.values())
+    floats = sum(v.numel() for v in saved.values() if v.is_floating_point())
+    others = state_bytes({k: v for k, v in saved.items() if not v.is_floating_point()})
+    rows = read_rounds(tmp_path)[1:]
+    clients = int(rows[0]["clients"])
+    assert int(rows[0]["bytes_down"]) == clients * (2 * floats + others)
+    assert int(rows[0]["bytes_up"]) == clients * (2 * floats + others)
+    assert np.isfinite(summary["knn_top1"])
 
 
 BAD = [
@@ -386,6 +414,7 @@ BAD = [
     (["--partition", "pathological"], "unknown partition 'pathological'; valid choices: dirichlet, iid, shards"),
     (["--compare_only", "fed*"], "--compare_only needs --compare FILE"),
     (["--client_dropout", "1"], "client_dropout must be in [0, 1) (got 1.0)"),
+    (["--update_dtype", "int8"], "unknown update_dtype 'int8'; valid choices: float32, float16, bfloat16"),
     (["--client_batch_size", "1"], "client_batch_size must be >= 2 (got 1)"),
 ]  # fmt: skip
 

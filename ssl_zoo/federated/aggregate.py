@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from ssl_zoo.errors import UserError
+
+WIRE_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 class WeightedMean:
     def __init__(self):
@@ -57,3 +61,24 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def to_wire(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """A state as it travels (--update_dtype): floating tensors in half precision, or as they
+    are for float32. A value that float16 cannot hold (beyond 65504) stops the sender with the
+    tensor's name rather than arriving as inf."""
+    cast = WIRE_DTYPES[dtype]
+    if cast is None:
+        return state
+    sent = {k: v.to(cast) if v.is_floating_point() else v for k, v in state.items()}
+    for key, value in sent.items():
+        if value.is_floating_point() and not value.isfinite().all() and state[key].isfinite().all():
+            raise UserError(f"{key} overflows {dtype} on the wire; use --update_dtype bfloat16")
+    return sent
+
+
+def from_wire(state: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict:
+    """A received state back in the receiver's own dtypes (`like`), before any arithmetic:
+    aggregation and the algorithms' rules run in float32 (sums in float64) whatever travelled."""
+    return {k: v.to(like[k].dtype) if k in like and v.dtype != like[k].dtype else v
+            for k, v in state.items()}  # fmt: skip

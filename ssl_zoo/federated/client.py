@@ -20,6 +20,7 @@ from torch.utils.data import Subset
 
 from ssl_zoo.cost import StepFlops
 from ssl_zoo.data import Splits, SSLDataModule, Unlabeled, normalized, uint8_images
+from ssl_zoo.federated.aggregate import from_wire, to_wire
 from ssl_zoo.federated.algorithms import Stack
 from ssl_zoo.federated.algorithms.base import split_entries
 from ssl_zoo.methods import SSLMethod
@@ -140,7 +141,7 @@ def fit_client(
     # message does not carry them): the algorithm's hooks (FedProx's anchor) see the client's.
     local_keys = algorithm.local_keys(model)
     own = {k: private[k] for k in local_keys if k in private}
-    global_state = {**global_state, **own}
+    global_state = {**from_wire(global_state, model.state_dict()), **own}
     model.load_state_dict(global_state)
     load_private(model, split_entries(private)[0])
     L.seed_everything(client_seed(cfg.seed, round_index, client), workers=True, verbose=False)
@@ -190,6 +191,7 @@ def fit_client(
     )
     if overflowed:
         raise model.diverged(f"client {client}'s {overflowed} is not finite")
+    state = to_wire(state, cfg.update_dtype)
     upload = algorithm.upload(
         model, lambda: normalized(uint8_images(images, image_size), normalize)
     )

@@ -32,7 +32,7 @@ from ssl_zoo.config import replacing
 from ssl_zoo.cost import gflops
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError
-from ssl_zoo.federated.aggregate import state_bytes
+from ssl_zoo.federated.aggregate import from_wire, state_bytes, to_wire
 from ssl_zoo.federated.algorithms import Stack
 from ssl_zoo.federated.client import clients_per_round, fit_client, private_state
 from ssl_zoo.federated.server_optimizer import ServerOptimizer
@@ -175,8 +175,9 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
         accumulator, received = algorithm.aggregator(state.global_state), algorithm.broadcast()
         failed, losses, decided = [], [], {}
         bytes_up, aggregate_seconds, epochs, flops = 0, 0.0, 0.0, 0
+        sent = to_wire(state.global_state, cfg.update_dtype)
         for client, update, reason in fit_round(
-            round_number, state.global_state, state, total_rounds, bar, received
+            round_number, sent, state, total_rounds, bar, received
         ):
             if update is None:
                 log.warning(
@@ -186,7 +187,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
                 continue
             state.trained[client] = round_number
             tic = time.time()
-            accumulator.add(update.state, update.num_examples)
+            accumulator.add(from_wire(update.state, state.global_state), update.num_examples)
             algorithm.receive(client, update.upload)
             for key, value in update.metrics.items():
                 decided.setdefault(key, []).append(value)
@@ -214,7 +215,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
         metrics = evaluate_global(parts, state.global_state, cfg)
         # Every sampled client was sent the model, including those that failed.
         bytes_down = (accumulator.clients + len(failed)) * (
-            state_bytes({k: state.global_state[k] for k in sent_keys}) + state_bytes(received)
+            state_bytes({k: sent[k] for k in sent_keys}) + state_bytes(received)
         )
         state.round = round_number
         state.elapsed += time.time() - start
