@@ -25,7 +25,7 @@ from ssl_zoo.config import (
     make_output_dir,
     write_atomically,
 )
-from ssl_zoo.cost import EnergyMeter, peak_rss_mb
+from ssl_zoo.cost import EnergyMeter, gflops, peak_rss_mb
 from ssl_zoo.data import (
     DATASETS,
     IMAGENET_NORMALIZE,
@@ -268,7 +268,7 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
     if "finetune" in protocols:
         tic = time.time()
         labels = train_y.tolist()
-        tuned, n_labels = finetune(
+        tuned, n_labels, flops = finetune(
             model, feature_dim, splits.num_classes, splits.bank, labels, cfg.label_fraction,
             splits.image_size, normalize, cfg.finetune_epochs, cfg.finetune_lr,
             cfg.batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
@@ -281,6 +281,7 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
             **accuracy,
             "label_fraction": cfg.label_fraction,
             "labels": n_labels,
+            "gflops": gflops(flops),
         }
         seconds["finetune"] = time.time() - tic
 
@@ -310,6 +311,8 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         "results": results,
         "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
         "plot": plot_path,
+        # Training FLOPs of the evaluation (fine-tuning); extracting features is not counted.
+        "gflops": results.get("finetune", {}).get("gflops", 0.0),
     }
 
 

@@ -136,6 +136,7 @@ def test_scenes_pretrain_then_detection_fine_tunes_and_reports_map(tmp_path):
                              "--det_epochs", "3", "--num_workers", "0", "--output_dir", str(out)])  # fmt: skip
     assert summary["protocol"] == "detection" and summary["labeled_images"] == 12
     assert summary["loss_last_epoch"] < summary["loss_first_epoch"]
+    assert summary["gflops"] > 0
     assert 0 <= summary["map"] <= summary["map_50"] <= 1
     assert set(summary["map_per_class"]) == set(scenes.CLASSES)
     assert json.loads((out / "results.json").read_text())["map"] == summary["map"]

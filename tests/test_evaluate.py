@@ -106,6 +106,7 @@ def test_all_protocols_on_a_trained_backbone(trained):
         label for _, label in load_splits("synthetic", train_samples=64, test_samples=40).bank
     ]
     assert result["results"]["finetune"]["labels"] == len(balanced_subset(labels, 0.25)) < 64
+    assert result["gflops"] == result["results"]["finetune"]["gflops"] > 0  # its training steps
     assert json.loads((trained / "results.json").read_text()) == result
     assert (trained / "embedding.png").stat().st_size > 10_000
 

@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from ssl_zoo.config import inference_device
+from ssl_zoo.cost import StepFlops, gflops
 from ssl_zoo.detection.data import DetectionImages, labeled_subset
 
 
@@ -73,19 +74,21 @@ class DetectorFineTuner(L.LightningModule):
 def fine_tune_detector(detector, train: DetectionImages, fraction: float, epochs: int, lr: float,
                        batch_size: int, num_workers: int, seed: int, accelerator: str):  # fmt: skip
     """Fine-tune on a seeded `fraction` of the training images; returns (tuner, labeled images,
-    loss of the first and of the last logged step)."""
+    mean loss of the first and of the last epoch, training FLOPs). The FLOPs are the first
+    step's count times the steps: COCO images of other shapes and box counts vary around it."""
     labeled = labeled_subset(train, fraction, seed)
     L.seed_everything(seed, verbose=False)
     loader = DataLoader(Flipped(labeled), batch_size=min(batch_size, len(labeled)), shuffle=True,
                         num_workers=num_workers, collate_fn=collate,
                         persistent_workers=num_workers > 0)  # fmt: skip
     tuner = DetectorFineTuner(detector, lr)
-    losses = LossTrace()
+    losses, flops = LossTrace(), StepFlops()
     trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False,
-                        log_every_n_steps=1, callbacks=[losses])  # fmt: skip
+                        log_every_n_steps=1, callbacks=[losses, flops])  # fmt: skip
     trainer.fit(tuner, loader)
-    return tuner, len(labeled), losses.first_epoch_mean, losses.last_epoch_mean
+    return (tuner, len(labeled), losses.first_epoch_mean, losses.last_epoch_mean,
+            flops.total(trainer.global_step))  # fmt: skip
 
 
 class LossTrace(L.Callback):
@@ -182,7 +185,7 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
                               normalize, cfg.trainable_layers, cfg.trainable_bn)  # fmt: skip
     seconds = {"data": time.time() - tic}
     tic = time.time()
-    _, labeled, first_loss, last_loss = fine_tune_detector(
+    _, labeled, first_loss, last_loss, flops = fine_tune_detector(
         detector, splits.train, cfg.label_fraction, cfg.det_epochs, cfg.det_lr,
         cfg.det_batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
     )  # fmt: skip
@@ -204,6 +207,7 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
         "val_images": len(splits.val),
         "loss_first_epoch": round(first_loss, 4),
         "loss_last_epoch": round(last_loss, 4),
+        "gflops": gflops(flops),
         "seconds_per_part": {k: round(v, 1) for k, v in seconds.items()},
         "plot": plot,
     }

@@ -13,6 +13,7 @@ import torchvision.transforms as T
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ssl_zoo.cost import StepFlops
 from ssl_zoo.data import Transformed
 from ssl_zoo.errors import UserError
 
@@ -78,8 +79,9 @@ def finetune(
     num_workers: int = 2,
     seed: int = 0,
     accelerator: str = "auto",
-) -> tuple[FineTuner, int]:
-    """Fine-tune a copy of `backbone`; returns the trained classifier and the number of labels."""
+) -> tuple[FineTuner, int, int]:
+    """Fine-tune a copy of `backbone`; returns the trained classifier, the number of labels and
+    the training FLOPs (the first step's count times the steps)."""
     indices = balanced_subset(labels, fraction, seed)
     subset = Transformed(Subset(train_set, indices), train_transform(image_size, normalize))
     loader = DataLoader(
@@ -99,6 +101,7 @@ def finetune(
         enable_checkpointing=False,
         enable_model_summary=False,
         log_every_n_steps=1,
+        callbacks=[flops := StepFlops()],
     )
     trainer.fit(model, loader)
-    return model.eval(), len(indices)
+    return model.eval(), len(indices), flops.total(trainer.global_step)
