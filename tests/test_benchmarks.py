@@ -80,3 +80,19 @@ def test_cost_overhead_times_the_counted_step_against_the_plain_one():
     assert row["gflops_per_step"] > 0 and row["step_s"] > 0, row
     difference = row["first_step_counted_s"] - row["first_step_plain_s"]
     assert abs(row["overhead_s"] - difference) <= 0.002, row
+
+
+@pytest.mark.slow
+def test_detection_benchmark_writes_its_table_between_the_markers(tmp_path):
+    docs = tmp_path / "detection.md"
+    docs.write_text("# page\n<!-- detection table -->\nold\n<!-- /detection table -->\nafter\n")
+    proc = run_script("benchmarks/detection.py", "--quick", "--fractions", "0.5", "--runs",
+                      str(tmp_path / "runs"), "--out", str(tmp_path / "table.md"), "--docs",
+                      str(docs))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = last_json_line(proc.stdout)["rows"]
+    assert [r["init"] for r in rows] == ["ssl", "random"]
+    assert all("error" not in r and 0 <= r["map_50"] <= 1 for r in rows), rows
+    page = docs.read_text()
+    assert "old" not in page and page.endswith("<!-- /detection table -->\nafter\n")
+    assert (tmp_path / "table.md").read_text() in page

@@ -1,0 +1,113 @@
+"""Detection transfer on the street scenes: an SSL-pretrained backbone against random
+initialisation, each fine-tuned as Faster R-CNN on the same fraction of labeled scenes with the
+same budget (epochs over the labeled images), and both against all labels.
+
+    python benchmarks/detection.py                        # pretrain, then 10% and 100% of the labels
+    python benchmarks/detection.py --fractions 0.1 --quick
+
+The pretraining is `train.py --config configs/detection/pretrain-scenes.yaml`, each detection run
+`evaluate.py --config configs/detection/scenes.yaml`, each in a process of its own; finished runs
+(summary.json, results.json) under --runs are reused. Writes the markdown table to --out and into
+docs/detection.md between its markers, and ends with one JSON line of all rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# A run of seconds that exercises every step (tests, a first look).
+QUICK_PRETRAIN = ["--train_samples", "32", "--test_samples", "16", "--image_size", "32",
+                  "--backbone", "timm:resnet10t", "--batch_size", "16", "--max_epochs", "1",
+                  "--knn_k", "5", "--num_workers", "0"]  # fmt: skip
+QUICK_DETECTION = ["--train_samples", "16", "--test_samples", "8", "--det_size", "64",
+                   "--det_epochs", "1", "--num_workers", "0"]  # fmt: skip
+MARKERS = ("<!-- detection table -->", "<!-- /detection table -->")
+
+
+def run(script: str, args: list[str], done: Path) -> dict:
+    """A finished run's summary, or the run's last stdout line after running it here."""
+    if done.exists():
+        print(f"{done.parent}: finished run found, not run again", file=sys.stderr)
+        return json.loads(done.read_text())
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], title: str) -> str:
+    lines = [title, "", "| backbone | labeled scenes | mAP@.5 | mAP@[.5:.95] | AP car | AP person "
+             "| AP sign | GFLOPs | s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['init']} | {r['label_fraction']:.0%} | failed: {r['error']} "
+                         "| | | | | | |")  # fmt: skip
+            continue
+        ap = r["map_per_class"]
+        lines.append(f"| {r['init']} {r['backbone']} | {r['labeled_images']} ({r['label_fraction']:.0%}) | "
+                     f"{r['map_50']:.3f} | {r['map']:.3f} | {ap['car']:.3f} | {ap['person']:.3f} | "
+                     f"{ap['sign']:.3f} | {r['gflops']:.0f} | {r['seconds']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    page = path.read_text()
+    start, end = MARKERS
+    if start not in page or end not in page:
+        raise SystemExit(f"error: {path} lacks the markers {start} ... {end}")
+    pattern = re.escape(start) + ".*?" + re.escape(end)
+    path.write_text(re.sub(pattern, lambda _: f"{start}\n{text}{end}", page, flags=re.S))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fractions", default="0.1,1.0", help="label fractions to fine-tune on")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, not hours")
+    parser.add_argument("--runs", default="runs/bench-detection")
+    parser.add_argument("--out", default="benchmarks/detection.md")
+    parser.add_argument("--docs", default="docs/detection.md", help="page whose table to replace")
+    args = parser.parse_args()
+    fractions = [float(f) for f in args.fractions.split(",")]
+    runs = Path(args.runs)
+    pretrain = runs / "pretrain"
+    summary = run("train.py", ["--config", "configs/detection/pretrain-scenes.yaml",
+                               *(QUICK_PRETRAIN if args.quick else []),
+                               "--output_dir", str(pretrain)], pretrain / "summary.json")  # fmt: skip
+    if "error" in summary:
+        raise SystemExit(f"error: pretraining failed: {summary['error']}")
+    backbone = summary["backbone"]
+    rows = []
+    for fraction in fractions:
+        for name, checkpoint in (("ssl", str(pretrain / "backbone.pt")), ("random", "random")):
+            out = runs / f"{name}-{fraction:g}"
+            print(f"[detection] {name} backbone, {fraction:g} of the labels ...", file=sys.stderr)
+            found = run("evaluate.py", ["--checkpoint", checkpoint, "--backbone", backbone,
+                                        "--config", "configs/detection/scenes.yaml",
+                                        "--label_fraction", str(fraction),
+                                        *(QUICK_DETECTION if args.quick else []),
+                                        "--output_dir", str(out)], out / "results.json")  # fmt: skip
+            rows.append({**found, "init": name, "backbone": backbone, "label_fraction": fraction})
+    title = (f"{date.today()}, {platform.machine()} with {os.cpu_count()} CPUs, "
+             f"`python benchmarks/detection.py --fractions {args.fractions}"
+             f"{' --quick' if args.quick else ''}`; pretraining: kNN "
+             f"{summary['knn_top1_init']:.3f} -> {summary['knn_top1']:.3f} (largest object), "
+             f"{summary['seconds']} s")  # fmt: skip
+    text = table(rows, title)
+    Path(args.out).write_text(text)
+    write_between_markers(Path(args.docs), text)
+    print(text, file=sys.stderr)
+    print(json.dumps({"title": title, "pretrain": summary, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
