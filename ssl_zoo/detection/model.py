@@ -7,11 +7,12 @@ from collections import OrderedDict
 
 import torch
 import torchvision
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ssl_zoo.errors import UserError
@@ -62,19 +63,6 @@ class PyramidBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(self.stage_maps(x))))
 
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """BatchNorm2d layers replaced by FrozenBatchNorm2d holding their statistics and affine."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key).detach())
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
-    return module
-
-
 def set_trainable_layers(backbone: nn.Module, stages: list[str], trainable: int) -> None:
     """Train the last `trainable` of (stem, stage 1, ..., stage 4), as torchvision's
     trainable_backbone_layers (0: the backbone is frozen, 5: all of it trains)."""
@@ -92,7 +80,8 @@ def build_detector(backbone: nn.Module, num_classes: int, size: int, normalize: 
     CPU hold a few images, too few for batch statistics, and torchvision freezes it for
     pretrained backbones too; the statistics kept are the SSL run's (random init: 0 and 1)."""
     if not trainable_bn:
-        backbone = freeze_batchnorm(backbone)
+        # timm's converter also freezes its BatchNormAct2d (BatchNorm with the activation fused)
+        backbone = freeze_batch_norm_2d(backbone)
     set_trainable_layers(backbone, stage_names(backbone), trainable_layers)
     anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)),
                               aspect_ratios=((0.5, 1.0, 2.0),) * 5)  # fmt: skip
