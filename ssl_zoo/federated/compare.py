@@ -215,7 +215,9 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colour = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(method.values()))}
     by_method, seen = len(colour) > 1, {}
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    # Past a handful of runs the legend goes beside the axes, where it hides no curve.
+    outside = len(curves) > 6
+    fig, ax = plt.subplots(figsize=(8.5 if outside else 6, 4), dpi=100)
     for name, curve in curves.items():
         xs, ys = zip(*curve, strict=True)
         position = seen[method[name]] = seen.get(method[name], -1) + 1
@@ -226,7 +228,7 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
                 linestyle="--" if name in centralized else "-")  # fmt: skip
     ax.set_xlabel("epochs-equivalent of compute")
     ax.set_ylabel("kNN top-1")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1)} if outside else {}))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "comparison.png")
