@@ -5,11 +5,11 @@ torchmetrics (COCO's mAP@[.5:.95], mAP@.5, AP per class) and a picture of predic
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import lightning.pytorch as L
 import torch
+from lightly.utils.scheduler import cosine_warmup_schedule
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision import tv_tensors
@@ -58,16 +58,12 @@ class DetectorFineTuner(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.detector.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=1e-4)
-        total = max(1, self.trainer.estimated_stepping_batches)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, round(self.warmup_fraction * total))
-
         # Linear warm-up (a detector's first steps from new heads diverge without it), then cosine.
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_warmup_schedule(step, total, 1.0, 0.0, warmup, 0.0)
+        )
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
 
