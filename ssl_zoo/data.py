@@ -219,11 +219,8 @@ def load_splits(
     elif dataset == "scenes":
         # Street scenes, labeled by their largest object for the kNN monitor; their boxes serve
         # the detection protocol (ssl_zoo/detection).
-        parts = []
-        for seed, count in ((0, train_samples or scenes.SIZES["train"]),
-                            (1, test_samples or scenes.SIZES["test"])):  # fmt: skip
-            images, boxes, labels = scenes.generate(count, seed=seed)
-            parts.append(ArrayImages(images, scenes.largest_object_labels(boxes, labels)))
+        parts = [ArrayImages(images, scenes.largest_object_labels(boxes, labels))
+                 for images, boxes, labels in scenes.generate_splits(train_samples, test_samples)]  # fmt: skip
         splits = (parts[0], parts[0], parts[1], len(scenes.CLASSES))
     elif dataset == "imagefolder":
         splits = _load_imagefolder(data_dir)

@@ -103,7 +103,8 @@ def generate(num: int, size: int = 128, seed: int = 0, objects: bool = True):
             else:
                 continue
             painted = np.zeros((h, w), bool)
-            region = image[y0 : y0 + h, x0 : x0 + w] if objects else image.copy()[:h, :w]
+            # Without objects the same draws are made (later scenes stay the same) into scratch.
+            region = image[y0 : y0 + h, x0 : x0 + w] if objects else np.empty((h, w, 3))
             for mask, colour in _object_parts(label, h, w, rng):
                 region[mask] = colour
                 painted |= mask
@@ -120,6 +121,13 @@ def generate(num: int, size: int = 128, seed: int = 0, objects: bool = True):
         )
         all_labels.append(np.asarray(labels if objects else [], np.int64))
     return images, all_boxes, all_labels
+
+
+def generate_splits(train_samples: int | None = None, test_samples: int | None = None):
+    """The training (seed 0) and test (seed 1) scenes, as generate() returns them: the SSL data
+    (`--dataset scenes`) and the detection protocol share them."""
+    return [generate(count or SIZES[split], seed=seed)
+            for seed, split, count in ((0, "train", train_samples), (1, "test", test_samples))]  # fmt: skip
 
 
 def largest_object_labels(boxes: list[np.ndarray], labels: list[np.ndarray]) -> np.ndarray:

@@ -59,11 +59,10 @@ class DetectionImages(Dataset):
 def load_scenes(train_samples: int | None, test_samples: int | None) -> DetectionSplits:
     """The synthetic street scenes: the training split is the pretraining data of `--dataset
     scenes` (seed 0), validation is a split of its own (seed 1)."""
-    splits = []
-    for seed, count in ((0, train_samples or scenes.SIZES["train"]),
-                        (1, test_samples or scenes.SIZES["test"])):  # fmt: skip
-        images, boxes, labels = scenes.generate(count, seed=seed)
-        splits.append(DetectionImages(list(images), boxes, labels))
+    splits = [
+        DetectionImages(list(images), boxes, labels)
+        for images, boxes, labels in scenes.generate_splits(train_samples, test_samples)
+    ]
     return DetectionSplits(*splits, list(scenes.CLASSES))
 
 
