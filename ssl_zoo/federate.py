@@ -60,6 +60,9 @@ class FedConfig(RunConfig):
         client_dropout: Chance that a sampled client goes offline in a round (simulated, drawn
             from seed, round and client): it is sent the model, returns nothing and is counted
             in rounds.csv `failed`. For studying unreliable clients; 0 on real deployments.
+        round_timeout: Flower engine and `flwr run`: seconds the server waits for a round's
+            replies (Flower's Grid timeout); clients that have not answered by then count as
+            failed and their late replies are ignored. Default: wait for every client.
         fed_algorithm: fedavg, fedema (FedEMA), fedu (FedU), ldawa (L-DAWA), fedx (FedX) or
             fusion (feature fusion + neighbourhood matching, Wu et al.; shares features).
         fedbn: Keep BatchNorm layers local to each client (FedBN), beside any algorithm.
@@ -92,6 +95,7 @@ class FedConfig(RunConfig):
     client_batch_size: int | None = None
     update_dtype: str = "float32"
     client_dropout: float = 0.0
+    round_timeout: float | None = None
     fed_algorithm: str = "fedavg"
     fedbn: bool = False
     fedprox_mu: float = 0.0
@@ -130,6 +134,15 @@ class FedConfig(RunConfig):
             (
                 0 <= self.client_dropout < 1,
                 f"client_dropout must be in [0, 1) (got {self.client_dropout})",
+            ),
+            (
+                self.round_timeout is None or self.round_timeout > 0,
+                f"round_timeout must be > 0 seconds (got {self.round_timeout})",
+            ),
+            (
+                self.round_timeout is None or self.engine == "flower",
+                "round_timeout needs --engine flower (the embedded loop trains its clients one "
+                "after another in this process, with nothing to wait for)",
             ),
             (self.fedprox_mu >= 0, "fedprox_mu must be >= 0"),
             (self.fedema_tau > 0, f"fedema_tau must be > 0 (got {self.fedema_tau})"),

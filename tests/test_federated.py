@@ -243,6 +243,19 @@ def test_diverging_clients_are_dropped_and_never_averaged(tmp_path, caplog, lr, 
     assert not (out / "summary.json").exists()
 
 
+def test_clients_silent_past_the_round_timeout_are_failed_and_the_checkpoint_kept(tmp_path, caplog):
+    """Flower's server waits --round_timeout seconds for a round's replies: a client still
+    training then counts as failed, as a SuperNode that went silent would. Here no client can
+    reply within 10 ms, so round 1 fails in one line and round 0's checkpoint stays."""
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"round 1: only 0 clients trained .*\(round 0\)"):
+        federate_main([*TINY, "--engine", "flower", "--round_timeout", "0.01",
+                       "--output_dir", str(out)])  # fmt: skip
+    assert caplog.text.count("no reply within --round_timeout 0.01 s") == 2  # both clients
+    assert torch.load(out / "fed_state.pt", weights_only=False)["round"] == 0
+    assert not (out / "summary.json").exists()
+
+
 @pytest.mark.parametrize("engine", ["embedded", "flower"])
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, engine):
     """FedAvgM: the server's momentum must survive the kill as well; FedBN: so must each client's
@@ -416,6 +429,8 @@ BAD = [
     (["--client_dropout", "1"], "client_dropout must be in [0, 1) (got 1.0)"),
     (["--update_dtype", "int8"], "unknown update_dtype 'int8'; valid choices: float32, float16, bfloat16"),
     (["--client_batch_size", "1"], "client_batch_size must be >= 2 (got 1)"),
+    (["--round_timeout", "0", "--engine", "flower"], "round_timeout must be > 0 seconds (got 0.0)"),
+    (["--round_timeout", "30"], "round_timeout needs --engine flower"),
 ]  # fmt: skip
 
 

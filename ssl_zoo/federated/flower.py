@@ -173,10 +173,14 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
         # The algorithm's broadcast (shared features) travels in the record of the weights.
         sent = {k: v for k, v in global_state.items() if k not in local_keys}
         arrays = to_record({**sent, **received})
-        messages = strategy.configure_train(round_number, arrays, config, grid)
-        valid, errors = strategy._check_and_log_replies(
-            grid.send_and_receive(messages), is_train=True
-        )
+        messages = list(strategy.configure_train(round_number, arrays, config, grid))
+        replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+        answered = {reply.metadata.src_node_id for reply in replies}
+        for message in messages:
+            if message.metadata.dst_node_id not in answered:
+                yield -1, None, (f"node {message.metadata.dst_node_id}: no reply within "
+                                 f"--round_timeout {cfg.round_timeout:g} s")  # fmt: skip
+        valid, errors = strategy._check_and_log_replies(replies, is_train=True)
         for reply in errors:
             yield -1, None, f"node {reply.metadata.src_node_id}: {reply.error.reason}"
         updates = []
@@ -234,7 +238,8 @@ def config_from_run(context: Context):
     args = [a for path in str(run.pop("config")).split(",") for a in ("--config", path.strip())]
     for key, value in run.items():
         args += [f"--{key.replace('-', '_')}", str(value)]
-    return parse_config(FedConfig, args, prog="flower")
+    # Last, so that checks of Flower-only options (round_timeout) see the engine they run on.
+    return parse_config(FedConfig, [*args, "--engine", "flower"], prog="flower")
 
 
 server_app = ServerApp()
@@ -248,7 +253,6 @@ def _deployed_server(grid: Grid, context: Context) -> None:
 
     start = time.time()
     cfg = config_from_run(context)
-    cfg.engine = "flower"
     run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="flower-")
     state = run_server(cfg, grid, run_dir)
     summary = finish_run(cfg, _federation(cfg)[0], state, run_dir, start)

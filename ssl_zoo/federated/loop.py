@@ -180,9 +180,9 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             round_number, sent, state, total_rounds, bar, received
         ):
             if update is None:
-                log.warning(
-                    "client %d failed in round %d and is dropped: %s", client, round_number, reason
-                )
+                # Flower's server knows a failed client by its node only (client -1).
+                who = f"client {client}" if client >= 0 else "a client"
+                log.warning("%s failed in round %d and is dropped: %s", who, round_number, reason)
                 failed.append(client)
                 continue
             state.trained[client] = round_number
