@@ -150,6 +150,7 @@ def test_scenes_pretrain_then_detection_fine_tunes_and_reports_map(tmp_path):
         (["--data_dir", "MISSING"], "COCO annotations not found"),
         (["--dataset", "cifar10"], "unknown dataset for --protocol detection 'cifar10'"),
         (["--trainable_layers", "6"], "trainable_layers must be in [0, 5]"),
+        (["--det_lr", "1e12", "--det_size", "64"], "detection fine-tuning diverged at step"),
     ],
 )
 def test_bad_detection_input_is_one_line(tmp_path, capsys, args, message):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ssl_zoo.config import inference_device
 from ssl_zoo.cost import StepFlops, gflops
 from ssl_zoo.detection.data import DetectionImages, labeled_subset
+from ssl_zoo.errors import UserError
 
 
 class Flipped(Dataset):
@@ -52,6 +53,11 @@ class DetectorFineTuner(L.LightningModule):
         images, targets = batch
         losses = self.detector(images, targets)
         loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            # Before the optimizer writes NaN into the weights and mAP reads 0 for no reason.
+            parts = ", ".join(f"{k} {float(v):.3g}" for k, v in losses.items())
+            raise UserError(f"detection fine-tuning diverged at step {self.global_step}: "
+                            f"{parts}; lower --det_lr (now {self.lr:g})")  # fmt: skip
         self.log("detection/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
