@@ -13,6 +13,8 @@ from torch import nn
 
 from ssl_zoo.errors import UserError
 from ssl_zoo.federate import main as federate_main
+from ssl_zoo.federated.aggregate import state_bytes
+from ssl_zoo.federated.algorithms.base import target_keys
 from ssl_zoo.federated.algorithms.fedema import FedEMA
 from ssl_zoo.federated.algorithms.fedu import FedU
 from ssl_zoo.federated.algorithms.fedx import fedx_terms
@@ -247,3 +249,11 @@ def test_resume_keeps_each_algorithms_client_and_server_state(tmp_path, algorith
     a = torch.load(tmp_path / "full" / "fed_state.pt", weights_only=False)["global_state"]
     b = torch.load(cut / "fed_state.pt", weights_only=False)["global_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if algorithm == "fedema":  # the clients' target networks stay on the clients, both ways
+        kept = target_keys(parts.model)
+        online = state_bytes({k: v for k, v in a.items() if k not in kept})
+        assert (
+            kept and full["bytes_up"] == full["bytes_down"] == 2 * 2 * online
+        )  # 2 clients, 2 rounds
+        initial = build_federation(cfg)[0].model.state_dict()  # seeded: the run's first model
+        assert all(torch.equal(a[k], initial[k]) for k in kept)  # never uploaded nor averaged

@@ -191,6 +191,10 @@ def fit_client(
     )
     if overflowed:
         raise model.diverged(f"client {client}'s {overflowed} is not finite")
+    # A client's own keys stay with it, except the backbone's (FedBN's BatchNorm): the server
+    # averages those into the model its monitor evaluates and backbone.pt holds. A momentum
+    # network kept local (FedEMA, FedU) is never uploaded; that halved their upload.
+    state = {k: v for k, v in state.items() if k not in local_keys or k.startswith("backbone.")}
     state = to_wire(state, cfg.update_dtype)
     upload = algorithm.upload(
         model, lambda: normalized(uint8_images(images, image_size), normalize)

@@ -192,9 +192,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             for key, value in update.metrics.items():
                 decided.setdefault(key, []).append(value)
             aggregate_seconds += time.time() - tic
-            bytes_up += state_bytes({k: update.state[k] for k in sent_keys}) + state_bytes(
-                update.upload
-            )
+            bytes_up += state_bytes(update.state) + state_bytes(update.upload)  # as it travels
             epochs += cfg.local_epochs * share[client]
             flops += update.flops
             if update.loss is not None:

@@ -43,9 +43,10 @@ class ServerOptimizer:
 
     def step(self, current: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]):
         """The new global state from the current one and the clients' average."""
+        # Keys no client uploads (a momentum network kept on the clients) keep their values.
+        new = {**current, **averaged}
         if self.is_fedavg:
-            return averaged
-        new = dict(averaged)
+            return new
         self.steps += 1
         for key in self.keys:
             x = current[key].float()

@@ -35,7 +35,7 @@ class LayerCosineMean(WeightedMean):
         if weight <= 0:
             return
         super().add({k: v for k, v in state.items() if k not in self.layers}, weight)
-        for key in self.layers:
+        for key in self.layers & state.keys():  # a momentum network kept local is not sent
             value = state[key].detach().cpu()
             delta = layer_cosine(value, self.global_state[key])
             if key in self._layer_sums:
