@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import resource
 import sys
+import time
 
 import lightning.pytorch as L
 from torch.utils.flop_counter import FlopCounterMode
@@ -53,6 +54,41 @@ class StepFlops(L.Callback):
 
     def total(self, steps: int) -> int:
         return (self.per_step or 0) * steps
+
+
+class TimeSplit(L.Callback):
+    """Wall seconds of a run's training steps (forward, backward, optimizer) and of its monitor
+    (the kNN/probe validation epochs); `split(total)` calls the rest I/O: waiting for batches,
+    checkpoints, logging and setup. A step's time ends when its hooks return: on a GPU that
+    includes waiting for the device only where something synchronises (the logged loss does)."""
+
+    def __init__(self):
+        self.training = self.monitor = 0.0
+        self._since: dict[str, float] = {}
+
+    def _start(self, part: str) -> None:
+        self._since[part] = time.perf_counter()
+
+    def _end(self, part: str) -> None:
+        if part in self._since:
+            setattr(self, part, getattr(self, part) + time.perf_counter() - self._since.pop(part))
+
+    def on_train_batch_start(self, *args) -> None:
+        self._start("training")
+
+    def on_train_batch_end(self, *args) -> None:
+        self._end("training")
+
+    def on_validation_start(self, *args) -> None:
+        self._start("monitor")
+
+    def on_validation_end(self, *args) -> None:
+        self._end("monitor")
+
+    def split(self, total: float) -> dict[str, float]:
+        io = max(0.0, total - self.training - self.monitor)
+        return {"training": round(self.training, 1), "monitor": round(self.monitor, 1),
+                "io": round(io, 1)}  # fmt: skip
 
 
 def gflops(flops: float) -> float:

@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import TrainConfig, json_entry_point, replacing, write_atomically
-from ssl_zoo.cost import EnergyMeter, StepFlops, gflops, peak_rss_mb
+from ssl_zoo.cost import EnergyMeter, StepFlops, TimeSplit, gflops, peak_rss_mb
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
@@ -77,7 +77,7 @@ def train(cfg: TrainConfig) -> dict:
             ]
 
         loggers = build_loggers(cfg, run_dir)
-        flops = StepFlops()
+        flops, timing = StepFlops(), TimeSplit()
         last = {"dirpath": run_dir / "checkpoints", "filename": "last", "save_top_k": 1,
                 "enable_version_counter": False}  # fmt: skip
         trainer = L.Trainer(
@@ -96,6 +96,7 @@ def train(cfg: TrainConfig) -> dict:
                 ),
                 TQDMProgressBar(refresh_rate=1),
                 flops,
+                timing,
             ],
             check_val_every_n_epoch=cfg.knn_every_n_epochs,
             num_sanity_val_steps=0,
@@ -134,6 +135,7 @@ def train(cfg: TrainConfig) -> dict:
             "run_dir": str(run_dir),
             "seconds": round(time.time() - start, 1),
         }
+        summary["seconds_split"] = timing.split(summary["seconds"])
         save_backbone(
             run_dir / "backbone.pt",
             model.backbone,

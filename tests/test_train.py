@@ -43,6 +43,9 @@ def test_train_script_writes_a_finished_run(tmp_path):
     assert 0 < summary["energy_kwh"] < 1e-3 and summary["co2_kg"] > 0
     assert summary["energy_method"] in ("measured", "estimated")
     assert 0 <= summary["knn_top1_init"] <= 1 and 0 <= summary["knn_top1"] <= 1
+    split = summary["seconds_split"]  # 8 steps, 3 kNN monitors, the rest data, checkpoints, setup
+    assert all(split[k] > 0 for k in ("training", "monitor", "io")), split
+    assert sum(split.values()) == pytest.approx(summary["seconds"], abs=0.2)
     for name in (
         "metrics.csv",
         "config.yaml",
