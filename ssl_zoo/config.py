@@ -218,9 +218,47 @@ class RunConfig:
         return asdict(self)
 
 
+STRATEGIES = ("auto", "ddp")
+
+
 @dataclass
 class TrainConfig(RunConfig):
-    """Centralized SSL pre-training with an online kNN monitor."""
+    """Centralized SSL pre-training with an online kNN monitor.
+
+    Args:
+        devices: Devices per machine, each a process of Lightning's DDP training on its share
+            of every epoch's images. batch_size is per device: the effective batch is
+            batch_size x devices x num_nodes, and the learning rate is not rescaled for it.
+        num_nodes: Machines, each running this same command (Lightning's multi-node DDP; set
+            MASTER_ADDR, MASTER_PORT and NODE_RANK on each, and a shared --output_dir).
+        strategy: auto (one device: none; more: ddp) or ddp.
+        sync_batchnorm: BatchNorm statistics over all devices' batches (SyncBatchNorm), not
+            each device's own.
+    """
+
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    sync_batchnorm: bool = False
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            *super().checks(),
+            (self.devices >= 1, f"devices must be >= 1 (got {self.devices})"),
+            (self.num_nodes >= 1, f"num_nodes must be >= 1 (got {self.num_nodes})"),
+            (
+                self.strategy in STRATEGIES,
+                f"unknown strategy '{self.strategy}'; valid choices: {', '.join(STRATEGIES)}",
+            ),
+            (
+                self.num_nodes == 1 or self.output_dir is not None,
+                "num_nodes > 1 needs --output_dir (the same run directory on every machine)",
+            ),
+        ]
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
 
 
 def build_parser(config_class: type, prog: str) -> ArgumentParser:
@@ -265,7 +303,8 @@ def json_entry_point(config_class: type, run, prog: str):
 
     def main(argv: list[str] | None = None) -> dict:
         summary = run(parse_config(config_class, argv, prog=prog))
-        print(json.dumps(summary), flush=True)
+        if summary is not None:  # None: a DDP copy of the command, which reports nothing
+            print(json.dumps(summary), flush=True)
         return summary
 
     return main

@@ -20,6 +20,7 @@ from torch.utils.data import (
     BatchSampler,
     DataLoader,
     Dataset,
+    DistributedSampler,
     RandomSampler,
     SequentialSampler,
     Subset,
@@ -285,6 +286,15 @@ def uint8_images(dataset: Dataset, size: int) -> torch.Tensor:
     return out
 
 
+class EpochBatchSampler(BatchSampler):
+    """A BatchSampler that passes Lightning's set_epoch on to its sampler, so a DDP run's
+    shuffled shares change from epoch to epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
 class IndexedBatches(Dataset):
     """Whole batches out of in-memory tensors: indexed by a list of indices (a BatchSampler)."""
 
@@ -312,8 +322,10 @@ class SSLDataModule(L.LightningDataModule):
     are augmented (training) or normalised (validation) after they reach the training device;
     with lightly's PIL views, DataLoader workers augment image by image."""
 
-    def __init__(self, splits: Splits, views, normalize: dict, batch_size: int, num_workers: int):
+    def __init__(self, splits: Splits, views, normalize: dict, batch_size: int, num_workers: int,
+                 seed: int = 0):  # fmt: skip
         super().__init__()
+        self.seed = seed  # of the data order across DDP ranks, which must agree on it
         self.splits, self.views, self.batch_size, self.num_workers = (
             splits,
             views,
@@ -332,21 +344,31 @@ class SSLDataModule(L.LightningDataModule):
     def has_monitor(self) -> bool:
         return self.splits.bank is not None and self.splits.num_classes > 0
 
+    def _order(self, dataset: Dataset, train: bool):
+        """Which images this process sees, in which order. Under DDP each rank its share, made
+        here because Lightning's own sampler replacement (off: train.py) cannot reach inside the
+        batched loader's BatchSampler. Unshuffled shares are padded to equal length and
+        interleaved (rank r: images r, r + world, ...), which the kNN monitor undoes."""
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            return DistributedSampler(dataset, trainer.world_size, trainer.global_rank,
+                                      shuffle=train, seed=self.seed, drop_last=train)  # fmt: skip
+        return RandomSampler(dataset) if train else SequentialSampler(dataset)
+
     def _loader(self, dataset: Dataset, train: bool, collate=None) -> DataLoader:
         if self.batched:
             images = uint8_images(dataset, self.splits.image_size)
             batches = IndexedBatches(images, dataset_labels(dataset))
-            order = RandomSampler(batches) if train else SequentialSampler(batches)
             return DataLoader(
                 batches,
-                sampler=BatchSampler(order, self.batch_size, drop_last=train),
+                sampler=EpochBatchSampler(self._order(batches, train), self.batch_size, train),
                 batch_size=None,
                 pin_memory=torch.cuda.is_available(),
             )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=self._order(dataset, train),
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

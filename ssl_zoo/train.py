@@ -7,6 +7,7 @@ summary.json; summary.json is written last, so its presence marks a finished run
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -44,20 +45,44 @@ def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
     return model.last_metrics
 
 
-def train(cfg: TrainConfig) -> dict:
+# Lightning's DDP starts devices 1.. as copies of this command; they learn the run directory
+# (named by the first process when --output_dir is not given) from this variable.
+RUN_DIR_VARIABLE = "SSL_ZOO_RUN_DIR"
+
+
+def ddp_copy() -> bool:
+    """Whether this process is one of the copies DDP started (devices 1.., other machines)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+
+
+def check_devices(cfg: TrainConfig) -> None:
+    if cfg.accelerator in ("cuda", "gpu") and cfg.devices > torch.cuda.device_count():
+        raise UserError(f"--devices {cfg.devices}: this machine has {torch.cuda.device_count()} "
+                        "GPU(s)")  # fmt: skip
+
+
+def train(cfg: TrainConfig) -> dict | None:
+    """The run's summary; None in DDP's copies, where only the first process writes."""
     start = time.time()
     check_before_work(cfg)
-    run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
-    with EnergyMeter(cfg.track_energy, cfg.energy_args) as energy:
+    check_devices(cfg)
+    copy = ddp_copy()
+    if copy:
+        run_dir = Path(os.environ.get(RUN_DIR_VARIABLE) or cfg.output_dir)
+    else:
+        run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
+        os.environ[RUN_DIR_VARIABLE] = str(run_dir.resolve())
+    with EnergyMeter(cfg.track_energy and not copy, cfg.energy_args) as energy:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
         parts = build_components(cfg)
         model, splits = parts.model, parts.splits
         model.epoch_seed = cfg.seed
         datamodule = SSLDataModule(
-            splits, parts.views, parts.normalize, cfg.batch_size, cfg.num_workers
+            splits, parts.views, parts.normalize, cfg.batch_size, cfg.num_workers, cfg.seed
         )
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+        if not copy:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
 
         last_ckpt = run_dir / "checkpoints" / "last.ckpt"
         earlier_rows: list[dict] = []
@@ -84,7 +109,11 @@ def train(cfg: TrainConfig) -> dict:
             max_epochs=cfg.max_epochs,
             max_time=timedelta(minutes=cfg.max_time) if cfg.max_time else None,
             accelerator=cfg.accelerator,
-            devices=1,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy="ddp" if cfg.strategy == "auto" and cfg.world_size > 1 else cfg.strategy,
+            sync_batchnorm=cfg.sync_batchnorm,
+            use_distributed_sampler=False,  # SSLDataModule shares the images out itself
             precision=cfg.precision,
             logger=loggers,
             callbacks=[
@@ -107,12 +136,17 @@ def train(cfg: TrainConfig) -> dict:
         )
 
         init_metrics: dict = {}
-        if datamodule.has_monitor:
+        if cfg.resume:  # measured when the run began: metrics.csv's first monitor row
+            first = next((r for r in earlier_rows if r.get("val/knn_top1")), {})
+            init_metrics = {k: float(v) for k, v in first.items() if k.startswith("val/") and v}
+        elif datamodule.has_monitor:
             # The encoder at initialisation is the baseline every kNN figure is compared against.
             trainer.validate(model, datamodule=datamodule, verbose=False)
             init_metrics = model.last_metrics
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if cfg.resume else None)
         final = final_monitor(trainer, model, datamodule)
+        if not trainer.is_global_zero:
+            return None
         prepend_csv_rows(run_dir / "metrics.csv", earlier_rows)
 
         stopped_by = "max_epochs" if trainer.current_epoch >= cfg.max_epochs else "max_time"
@@ -128,8 +162,10 @@ def train(cfg: TrainConfig) -> dict:
             "knn_top5": final.get("val/knn_top5"),
             "probe_top1": final.get("val/probe_top1"),
             "embedding_std": final.get("val/embedding_std"),
+            "devices": trainer.world_size,
+            # A step's count is one device's; every device takes as many steps.
             "gflops_per_step": gflops(flops.total(1)),
-            "gflops": gflops(flops.total(trainer.global_step)),
+            "gflops": gflops(flops.total(trainer.global_step) * trainer.world_size),
             "peak_rss_mb": peak_rss_mb(),
             **energy.stop(),
             "run_dir": str(run_dir),

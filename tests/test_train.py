@@ -208,6 +208,8 @@ BAD_INPUTS = [
     (["--precision", "fp8"], "unknown precision 'fp8'; valid choices:"),
     (["--accelerator", "abacus"], "unknown accelerator 'abacus'; valid choices: auto, cpu, cuda"),
     (["--collapse", "ignore"], "collapse must be one of warn, stop, off"),
+    (["--strategy", "fsdp"], "unknown strategy 'fsdp'; valid choices: auto, ddp"),
+    (["--devices", "0"], "devices must be >= 1 (got 0)"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--accelerator", "gpu"], "--accelerator gpu: this machine has none"))
@@ -344,3 +346,44 @@ def test_compiled_backbone_matches_eager_and_saves_plain_weights(tmp_path):
     assert compiled["steps"] == eager["steps"]
     payload = torch.load(tmp_path / "compiled" / "backbone.pt", weights_only=False)
     assert not any("_orig_mod" in key for key in payload["state_dict"])
+
+
+def test_ddp_on_two_processes_monitors_each_image_once_and_writes_once(tmp_path):
+    """Lightning DDP on two CPU processes (gloo): one summary line and one run directory, and a
+    monitor that saw every bank and test image exactly once: 63 and 39 images do not split
+    evenly, so each rank's share is padded and interleaved. Its kNN must equal one process's
+    kNN of the same weights."""
+    import lightning.pytorch as L
+
+    from ssl_zoo.components import build_components
+    from ssl_zoo.data import SSLDataModule
+
+    sizes = ["--train_samples", "63", "--test_samples", "39"]
+    out = tmp_path / "ddp"
+    proc = run_script("train.py", *tiny_args(out, *sizes, "--accelerator", "cpu", "--devices", "2",
+                                             "--strategy", "ddp"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, lines  # the second process reports nothing
+    summary = json.loads(lines[0])
+    assert summary["devices"] == 2 and summary["steps"] == 1  # 31 images a rank, batch 16
+    assert summary["gflops"] == pytest.approx(2 * summary["gflops_per_step"], abs=0.01)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    cfg = parse_config(TrainConfig, tiny_args(tmp_path / "one", *sizes), prog="test")
+    parts = build_components(cfg)
+    weights = torch.load(out / "backbone.pt", weights_only=False)["state_dict"]
+    parts.model.backbone.load_state_dict(weights)
+    datamodule = SSLDataModule(parts.splits, parts.views, parts.normalize, 16, 0)
+    L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+              enable_model_summary=False).validate(parts.model, datamodule=datamodule, verbose=False)  # fmt: skip
+    one = parts.model.last_metrics
+    assert (one["val/knn_top1"], one["val/knn_top5"]) == (summary["knn_top1"], summary["knn_top5"])
+    # Both processes continue from last.ckpt for a second epoch.
+    proc = run_script("train.py", *tiny_args(out, *sizes, "--accelerator", "cpu", "--devices", "2",
+                                             "--max_epochs", "2", "--resume"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = last_json_line(proc.stdout)
+    assert (resumed["epochs"], resumed["steps"], resumed["devices"]) == (2, 2, 2)
+    assert resumed["knn_top1_init"] == summary["knn_top1_init"]
+    knn_rows = [r for r in read_csv_rows(out / "metrics.csv") if r.get("val/knn_top1")]
+    assert len(knn_rows) == 3  # at initialisation (not again on resume), after epochs 1 and 2

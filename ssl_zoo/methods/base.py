@@ -240,6 +240,12 @@ class SSLMethod(L.LightningModule):
         # A federated client's fit does not inherit the previous one's count.
         self._collapsed_for = 0
 
+    def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # Lightning seeds every DDP process alike: without this, the ranks' batched views
+            # would share their crops and colour jitter, image slot by image slot.
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
     def training_step(self, batch, batch_idx):
         views, labels = batch
         views = [v.contiguous(memory_format=self.memory_format) for v in views]
@@ -310,11 +316,26 @@ class SSLMethod(L.LightningModule):
         features = self.backbone(images.contiguous(memory_format=self.memory_format))
         self._val_outputs.setdefault(dataloader_idx, []).append((features.float(), labels))
 
+    def _all_ranks(self, loader: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of a whole monitor split, each image once. Under DDP every rank
+        saw an interleaved share padded to equal length (SSLDataModule._order): gathered,
+        put back in order and cut to the split's size, they are the single-device arrays."""
+        features, labels = (torch.cat(t) for t in zip(*self._val_outputs[loader], strict=True))
+        if self.trainer.world_size == 1:
+            return features, labels
+        size = len(self.trainer.val_dataloaders[loader].dataset)
+
+        def in_order(local: torch.Tensor) -> torch.Tensor:
+            gathered = self.all_gather(local)  # (world, share, ...)
+            return gathered.transpose(0, 1).reshape(-1, *local.shape[1:])[:size]
+
+        return in_order(features), in_order(labels)
+
     def on_validation_epoch_end(self) -> None:
         if set(self._val_outputs) != {0, 1}:
             return
-        bank, bank_labels = (torch.cat(t) for t in zip(*self._val_outputs[0], strict=True))
-        test, test_labels = (torch.cat(t) for t in zip(*self._val_outputs[1], strict=True))
+        bank, bank_labels = self._all_ranks(0)
+        test, test_labels = self._all_ranks(1)
         if not (torch.isfinite(bank).all() and torch.isfinite(test).all()):
             # A loss can stay finite while weights or BatchNorm statistics overflow.
             raise self.diverged("the backbone's features are not finite")
@@ -327,6 +348,6 @@ class SSLMethod(L.LightningModule):
             metrics["val/probe_top1"] = (predicted == test_labels).float().mean().item()
         metrics["val/embedding_std"] = embedding_std(test)
         metrics["val/rankme"] = rankme(test)
-        self.log_dict(metrics, prog_bar=True)
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)  # the same on every rank
         self.last_metrics = {**metrics, "step": self.global_step}
         self._val_outputs = {}

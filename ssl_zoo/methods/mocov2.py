@@ -34,9 +34,9 @@ class MoCoV2(SSLMethod):
         self.key_backbone = self.frozen_copy(self.backbone)
         self.key_projection_head = self.frozen_copy(self.projection_head)
         self.momentum_start = momentum_start
-        self.criterion = NTXentLoss(
-            temperature=temperature, memory_bank_size=(queue_size, proj_dim)
-        )
+        # Under DDP every device's keys enter the queue, as MoCo's concat_all_gather does.
+        self.criterion = NTXentLoss(temperature=temperature, memory_bank_size=(queue_size, proj_dim),
+                                    gather_distributed=True)  # fmt: skip
 
     def momentum_pairs(self):
         return [

@@ -28,7 +28,7 @@ class NNCLR(SSLMethod):
         self.projection_head = NNCLRProjectionHead(self.feature_dim, proj_hidden_dim, proj_dim)
         self.prediction_head = NNCLRPredictionHead(proj_dim, pred_hidden_dim, proj_dim)
         self.support_set = NNMemoryBankModule(size=(support_set_size, proj_dim))
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
     def ssl_step(self, views):
         features = self.backbone(torch.cat(views))

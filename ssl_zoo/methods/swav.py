@@ -36,7 +36,9 @@ class SwAV(SSLMethod):
         super().__init__(**kwargs)
         self.projection_head = SwaVProjectionHead(self.feature_dim, proj_hidden_dim, proj_dim)
         self.prototypes = SwaVPrototypes(proj_dim, n_prototypes, freeze_prototypes_steps)
-        self.criterion = SwaVLoss(temperature, sinkhorn_iterations, sinkhorn_epsilon)
+        # Under DDP Sinkhorn balances the prototypes over all devices' batches, as the paper's.
+        self.criterion = SwaVLoss(temperature, sinkhorn_iterations, sinkhorn_epsilon,
+                                  sinkhorn_gather_distributed=True)  # fmt: skip
         self.high_resolution_views = high_resolution_views
         self.queues = nn.ModuleList(
             MemoryBankModule((queue_length, proj_dim), feature_dim_first=False)

@@ -26,7 +26,10 @@ class VICReg(SSLMethod):
         super().__init__(**kwargs)
         self.projection_head = VICRegProjectionHead(self.feature_dim, proj_hidden_dim, proj_dim)
         self.criterion = VICRegLoss(
-            lambda_param=invariance_weight, mu_param=variance_weight, nu_param=covariance_weight
+            lambda_param=invariance_weight,
+            mu_param=variance_weight,
+            nu_param=covariance_weight,
+            gather_distributed=True,  # under DDP: variance and covariance over all devices' batches
         )
 
     def ssl_step(self, views):
