@@ -4,6 +4,7 @@ the steps run, the energy tracker, and the fields every summary carries."""
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import lightning.pytorch as L
 import pytest
@@ -109,3 +110,18 @@ def test_a_run_that_raises_stops_its_energy_tracker(tmp_path):
     for timer in started:
         timer.join(timeout=5)  # a cancelled timer ends at once; a running one waits 15 s
     assert not [t for t in started if t.is_alive()]
+
+
+def test_clients_share_a_step_count_unless_a_broadcast_tells_them_apart():
+    """Many clients sampled once each (cross-device) must not each pay for a counted step:
+    with nothing broadcast, the same batch size means the same count; fusion's broadcast is
+    used differently by each client (it leaves out its own features), so there each counts."""
+    from ssl_zoo.federated.algorithms import build_algorithm
+    from ssl_zoo.federated.client import step_flops_key
+
+    cfg = SimpleNamespace(fed_algorithm="fedavg", fedbn=False, fedprox_mu=0.0)
+    stack = build_algorithm(cfg)
+    assert step_flops_key(stack, 0, 16, {}) == step_flops_key(stack, 7, 16, {})
+    assert step_flops_key(stack, 0, 16, {}) != step_flops_key(stack, 0, 12, {})
+    features = {"fusion/features/0": torch.zeros(4, 8), "fusion/features/1": torch.zeros(4, 8)}
+    assert step_flops_key(stack, 0, 16, features) != step_flops_key(stack, 1, 16, features)
