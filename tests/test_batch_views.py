@@ -192,8 +192,9 @@ def test_datamodule_serves_batched_views_and_monitor_batches_like_the_pil_path()
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (16, 3, 32, 32) and len(labels) == 16
 
-    class Stage:
+    class Stage:  # what the data module reads of its Trainer
         training = True
+        world_size = 1
 
     dm.trainer = Stage()
     pair, labels = dm.on_after_batch_transfer((images, labels), 0)

@@ -130,7 +130,8 @@ def test_fedbn_keeps_batchnorm_local_and_schedule_follows_the_global_round():
     steps = 96 // 16
     assert len(images) // 8 == steps and model.schedule_offset == (steps, 2 * steps)
     assert set(local) <= set(update.private)
-    other = {k: v + 1.0 if v.is_floating_point() else v for k, v in update.state.items()}
+    # Another global model (the projector's BatchNorm, local and not uploaded, included).
+    other = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     model.load_state_dict(other)
     load_private(model, update.private)
     key = next(k for k in local if k.endswith("running_mean"))
