@@ -55,7 +55,7 @@ class DetectorFineTuner(L.LightningModule):
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             # Before the optimizer writes NaN into the weights and mAP reads 0 for no reason.
-            parts = ", ".join(f"{k} {float(v):.3g}" for k, v in losses.items())
+            parts = ", ".join(f"{k} {v.item():.3g}" for k, v in losses.items())
             raise UserError(f"detection fine-tuning diverged at step {self.global_step}: "
                             f"{parts}; lower --det_lr (now {self.lr:g})")  # fmt: skip
         self.log("detection/loss", loss, prog_bar=True, batch_size=len(images))
