@@ -491,36 +491,104 @@ def test_comparison_writes_csv_markdown_and_plot(tmp_path):
         federate_main(["--compare", str(spec), "--output_dir", str(out), *TINY, "--rounds", "3"])
 
 
+def test_federation_keys_chain_to_their_ca_and_load_as_flowers_supernode_keys(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.cli.supernode.register import try_load_public_key
+
+    from ssl_zoo.federated.keys import make_keys
+
+    (node,) = make_keys(tmp_path, hosts=["link.example.org", "10.0.0.7"], supernodes=1)
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    link = x509.load_pem_x509_certificate((tmp_path / "superlink.crt").read_bytes())
+    link.verify_directly_issued_by(ca)  # raises unless the CA signed it
+    names = link.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"link.example.org", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {
+        "10.0.0.7",
+        "127.0.0.1",
+    }
+    key = load_ssh_private_key(node.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert try_load_public_key(node.with_suffix(".pub"))  # what `flwr supernode register` reads
+    assert (node.stat().st_mode & 0o077) == 0 and (
+        (tmp_path / "ca.key").stat().st_mode & 0o077
+    ) == 0
+
+
 @pytest.mark.slow
-def test_flower_deployment_on_loopback_with_two_supernodes(tmp_path):
-    """The README's multi-machine commands, on one machine: a SuperLink, two SuperNodes with their
-    own partitions, and `flwr run` of flower_app/ (about a minute)."""
+def test_secured_flower_deployment_on_loopback_refuses_strangers(tmp_path):
+    """The README's multi-machine commands, on one machine: a SuperLink with TLS and SuperNode
+    authentication, two registered SuperNodes with their own partitions, and `flwr run` of
+    flower_app/. A SuperNode with an unregistered key and one without the CA are refused; the run
+    ends with the embedded engine's global model, bit for bit (about 2 minutes)."""
+    import contextlib
     import os
     import shutil
+
+    from ssl_zoo.federated.keys import make_keys
 
     bin_dir = Path(sys.executable).parent
     if shutil.which("flower-superlink", path=str(bin_dir)) is None:
         pytest.skip("flower-superlink is not installed beside this Python")
+    keys = tmp_path / "keys"
+    make_keys(keys, hosts=[], supernodes=3)
     home = tmp_path / "flwr"
     home.mkdir()
     (home / "config.toml").write_text(
-        '[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:8000"\ninsecure = true\n'
+        '[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:8000"\n'
+        f'root-certificates = "{keys / "ca.crt"}"\n'
     )
+    # One thread per process, as the embedded run below: the same float reductions.
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # fmt: skip
+           "PATH": f"{bin_dir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}  # fmt: skip
     config = tmp_path / "tiny.yaml"
     config.write_text("method: simsiam\ntrain_samples: 96\ntest_samples: 40\nbackbone: timm:resnet10t\n"
                       "batch_size: 16\nnum_workers: 0\nknn_k: 10\npartition: iid\n")  # fmt: skip
-    started = [subprocess.Popen(["flower-superlink", "--insecure"], env=env, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]  # fmt: skip
+
+    def start(*args):
+        return subprocess.Popen(list(args), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+
+    def supernode(key, port, *tls):
+        return ["flower-supernode", *tls, "--auth-supernode-private-key", str(keys / key),
+                "--superlink", "127.0.0.1:8000", "--port", str(port)]  # fmt: skip
+
+    def refused(key, port, *tls):
+        """Exit status and log of a SuperNode that should not get in (one retry)."""
+        # Its log goes to a file: the SuperExec it starts would hold a pipe open after it exits.
+        log = tmp_path / f"refused-{port}.log"
+        with log.open("w") as sink:
+            proc = subprocess.Popen([*supernode(key, port, *tls), "--max-retries", "1"], env=env,
+                                    cwd=tmp_path, stdout=sink, stderr=sink, start_new_session=True)  # fmt: skip
+            try:
+                returncode = proc.wait(timeout=120)  # a SuperNode let in would never return
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        return returncode, log.read_text()
+
+    ca = ("--root-certificates", str(keys / "ca.crt"))
+    started = [start("flower-superlink", "--ssl-ca-certfile", str(keys / "ca.crt"),
+                     "--ssl-certfile", str(keys / "superlink.crt"), "--ssl-keyfile",
+                     str(keys / "superlink.key"), "--enable-supernode-auth")]  # fmt: skip
     try:
-        time.sleep(5)
-        for node in (0, 1):
-            started.append(subprocess.Popen(
-                ["flower-supernode", "--insecure", "--superlink", "127.0.0.1:8000", "--port", str(9094 + node),
-                 "--node-config", f"partition-id={node} num-partitions=2"],
-                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True))  # fmt: skip
+        for key in ("supernode-0.pub", "supernode-1.pub"):  # the CLI talks TLS to the SuperLink
+            for _ in range(20):  # until the SuperLink listens
+                reg = subprocess.run(["flwr", "supernode", "register", str(keys / key), "loopback"],
+                                     env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+                if reg.returncode == 0:
+                    break
+                time.sleep(1)
+            assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+        for k in (0, 1):
+            started.append(start(*supernode(f"supernode-{k}", 9094 + k, *ca), "--node-config",
+                                 f"partition-id={k} num-partitions=2"))  # fmt: skip
+        stranger = refused("supernode-2", 9096, *ca)  # a key nobody registered
+        assert stranger[0] != 0 and "Failed to activate SuperNode" in stranger[1], stranger[1]
+        no_ca = refused("supernode-1", 9097)  # cannot check the SuperLink's certificate
+        assert no_ca[0] != 0 and "CERTIFICATE_VERIFY_FAILED" in no_ca[1], no_ca[1]
         out = tmp_path / "run"
         run = subprocess.run(["flwr", "run", ".", "loopback", "--stream", "--run-config",
                               f"config='{config}' output-dir='{out}'"],
@@ -534,6 +602,16 @@ def test_flower_deployment_on_loopback_with_two_supernodes(tmp_path):
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in started:
             proc.wait(timeout=30)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        federate_main(["--config", str(config), "--num_clients", "2", "--rounds", "2",
+                       "--output_dir", str(tmp_path / "embedded")])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    a = torch.load(tmp_path / "embedded" / "fed_state.pt", weights_only=False)["global_state"]
+    b = torch.load(out / "fed_state.pt", weights_only=False)["global_state"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_wandb_offline_run_has_rounds_and_the_partition_table(tmp_path, monkeypatch):
