@@ -517,51 +517,72 @@ def test_federation_keys_chain_to_their_ca_and_load_as_flowers_supernode_keys(tm
     ) == 0
 
 
-@pytest.mark.slow
-def test_secured_flower_deployment_on_loopback_refuses_strangers(tmp_path):
-    """The README's multi-machine commands, on one machine: a SuperLink with TLS and SuperNode
-    authentication, two registered SuperNodes with their own partitions, and `flwr run` of
-    flower_app/. A SuperNode with an unregistered key and one without the CA are refused; the run
-    ends with the embedded engine's global model, bit for bit (about 2 minutes)."""
-    import contextlib
-    import os
-    import shutil
+class SecuredLoopback:
+    """The README's multi-machine commands on one machine: a SuperLink on 127.0.0.1:8000 with TLS
+    and SuperNode authentication, keys for three SuperNodes of which 0 and 1 are registered, and
+    the flwr CLI pointed at it. Every process it starts is stopped by close()."""
 
-    from ssl_zoo.federated.keys import make_keys
+    def __init__(self, tmp_path):
+        import os
+        import shutil
 
-    bin_dir = Path(sys.executable).parent
-    if shutil.which("flower-superlink", path=str(bin_dir)) is None:
-        pytest.skip("flower-superlink is not installed beside this Python")
-    keys = tmp_path / "keys"
-    make_keys(keys, hosts=[], supernodes=3)
-    home = tmp_path / "flwr"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:8000"\n'
-        f'root-certificates = "{keys / "ca.crt"}"\n'
-    )
-    # One thread per process, as the embedded run below: the same float reductions.
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "PATH": f"{bin_dir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}  # fmt: skip
-    config = tmp_path / "tiny.yaml"
-    config.write_text("method: simsiam\ntrain_samples: 96\ntest_samples: 40\nbackbone: timm:resnet10t\n"
-                      "batch_size: 16\nnum_workers: 0\nknn_k: 10\npartition: iid\n")  # fmt: skip
+        from ssl_zoo.federated.keys import make_keys
 
-    def start(*args):
-        return subprocess.Popen(list(args), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+        bin_dir = Path(sys.executable).parent
+        if shutil.which("flower-superlink", path=str(bin_dir)) is None:
+            pytest.skip("flower-superlink is not installed beside this Python")
+        self.dir, self.keys, self.started = tmp_path, tmp_path / "keys", []
+        make_keys(self.keys, hosts=[], supernodes=3)
+        home = tmp_path / "flwr"
+        home.mkdir()
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+            f'address = "127.0.0.1:8000"\nroot-certificates = "{self.keys / "ca.crt"}"\n'
+        )
+        # One thread per process, as an embedded run with torch.set_num_threads(1): the same
+        # float reductions, so the same weights bit for bit.
+        self.env = {**os.environ, "FLWR_HOME": str(home), "OMP_NUM_THREADS": "1",
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                    "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # fmt: skip
+        self.ca = ("--root-certificates", str(self.keys / "ca.crt"))
+        self.start("flower-superlink", "--ssl-ca-certfile", str(self.keys / "ca.crt"),
+                   "--ssl-certfile", str(self.keys / "superlink.crt"), "--ssl-keyfile",
+                   str(self.keys / "superlink.key"), "--enable-supernode-auth")  # fmt: skip
+        for key in ("supernode-0.pub", "supernode-1.pub"):  # the CLI talks TLS to the SuperLink
+            for _ in range(20):  # until the SuperLink listens
+                reg = subprocess.run(["flwr", "supernode", "register", str(self.keys / key), "loopback"],
+                                     env=self.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+                if reg.returncode == 0:
+                    break
+                time.sleep(1)
+            assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+
+    def start(self, *args):
+        proc = subprocess.Popen(list(args), env=self.env, cwd=self.dir, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.started.append(proc)
+        return proc
 
-    def supernode(key, port, *tls):
-        return ["flower-supernode", *tls, "--auth-supernode-private-key", str(keys / key),
+    def supernode(self, key, port, *tls):
+        return ["flower-supernode", *tls, "--auth-supernode-private-key", str(self.keys / key),
                 "--superlink", "127.0.0.1:8000", "--port", str(port)]  # fmt: skip
 
-    def refused(key, port, *tls):
+    def member(self, k):
+        """Registered SuperNode k, with the CA, serving partition k of 2."""
+        return self.start(*self.supernode(f"supernode-{k}", 9094 + k, *self.ca), "--node-config",
+                          f"partition-id={k} num-partitions=2")  # fmt: skip
+
+    def refused(self, key, port, *tls):
         """Exit status and log of a SuperNode that should not get in (one retry)."""
+        import contextlib
+        import os
+
         # Its log goes to a file: the SuperExec it starts would hold a pipe open after it exits.
-        log = tmp_path / f"refused-{port}.log"
+        log = self.dir / f"refused-{port}.log"
         with log.open("w") as sink:
-            proc = subprocess.Popen([*supernode(key, port, *tls), "--max-retries", "1"], env=env,
-                                    cwd=tmp_path, stdout=sink, stderr=sink, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen([*self.supernode(key, port, *tls), "--max-retries", "1"],
+                                    env=self.env, cwd=self.dir, stdout=sink, stderr=sink,
+                                    start_new_session=True)  # fmt: skip
             try:
                 returncode = proc.wait(timeout=120)  # a SuperNode let in would never return
             finally:
@@ -569,39 +590,58 @@ def test_secured_flower_deployment_on_loopback_refuses_strangers(tmp_path):
                     os.killpg(proc.pid, signal.SIGKILL)
         return returncode, log.read_text()
 
-    ca = ("--root-certificates", str(keys / "ca.crt"))
-    started = [start("flower-superlink", "--ssl-ca-certfile", str(keys / "ca.crt"),
-                     "--ssl-certfile", str(keys / "superlink.crt"), "--ssl-keyfile",
-                     str(keys / "superlink.key"), "--enable-supernode-auth")]  # fmt: skip
-    try:
-        for key in ("supernode-0.pub", "supernode-1.pub"):  # the CLI talks TLS to the SuperLink
-            for _ in range(20):  # until the SuperLink listens
-                reg = subprocess.run(["flwr", "supernode", "register", str(keys / key), "loopback"],
-                                     env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
-                if reg.returncode == 0:
-                    break
-                time.sleep(1)
-            assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
-        for k in (0, 1):
-            started.append(start(*supernode(f"supernode-{k}", 9094 + k, *ca), "--node-config",
-                                 f"partition-id={k} num-partitions=2"))  # fmt: skip
-        stranger = refused("supernode-2", 9096, *ca)  # a key nobody registered
-        assert stranger[0] != 0 and "Failed to activate SuperNode" in stranger[1], stranger[1]
-        no_ca = refused("supernode-1", 9097)  # cannot check the SuperLink's certificate
-        assert no_ca[0] != 0 and "CERTIFICATE_VERIFY_FAILED" in no_ca[1], no_ca[1]
-        out = tmp_path / "run"
+    def run(self, config, out, overrides=""):
         run = subprocess.run(["flwr", "run", ".", "loopback", "--stream", "--run-config",
-                              f"config='{config}' output-dir='{out}'"],
-                             cwd=ROOT / "flower_app", env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+                              f"config='{config}' output-dir='{out}' {overrides}"],
+                             cwd=ROOT / "flower_app", env=self.env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        rows = read_rounds(out)
-        assert [int(r["round"]) for r in rows] == [0, 1, 2] and rows[1]["clients"] == "2"
-        assert (out / "backbone.pt").is_file() and (out / "summary.json").is_file()
-    finally:
-        for proc in started:  # SuperLink and SuperNodes outlive `flwr run`: stop what we started
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in started:
-            proc.wait(timeout=30)
+        return run
+
+    def close(self):
+        import contextlib
+        import os
+
+        for proc in self.started:  # SuperLink and SuperNodes outlive `flwr run`: stop them all
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)  # a frozen one would not hear SIGTERM
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.started:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+@pytest.fixture
+def secured_loopback(tmp_path):
+    federation = SecuredLoopback(tmp_path)
+    yield federation
+    federation.close()
+
+
+def tiny_yaml(path):
+    path.write_text("method: simsiam\ntrain_samples: 96\ntest_samples: 40\nbackbone: timm:resnet10t\n"
+                    "batch_size: 16\nnum_workers: 0\nknn_k: 10\npartition: iid\n")  # fmt: skip
+    return path
+
+
+@pytest.mark.slow
+def test_secured_flower_deployment_on_loopback_refuses_strangers(tmp_path, secured_loopback):
+    """A SuperNode with an unregistered key and one without the CA are refused; the two members
+    run `flwr run` of flower_app/ to the embedded engine's global model, bit for bit (2 min)."""
+    link = secured_loopback
+    link.member(0), link.member(1)
+    stranger = link.refused("supernode-2", 9096, *link.ca)  # a key nobody registered
+    assert stranger[0] != 0 and "Failed to activate SuperNode" in stranger[1], stranger[1]
+    no_ca = link.refused("supernode-1", 9097)  # cannot check the SuperLink's certificate
+    assert no_ca[0] != 0 and "CERTIFICATE_VERIFY_FAILED" in no_ca[1], no_ca[1]
+    config, out = tiny_yaml(tmp_path / "tiny.yaml"), tmp_path / "run"
+    link.run(config, out)
+    rows = read_rounds(out)
+    assert [int(r["round"]) for r in rows] == [0, 1, 2] and rows[1]["clients"] == "2"
+    assert (out / "backbone.pt").is_file() and (out / "summary.json").is_file()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -612,6 +652,32 @@ def test_secured_flower_deployment_on_loopback_refuses_strangers(tmp_path):
     a = torch.load(tmp_path / "embedded" / "fed_state.pt", weights_only=False)["global_state"]
     b = torch.load(out / "fed_state.pt", weights_only=False)["global_state"]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_hung_supernode_is_failed_after_the_round_timeout(tmp_path, secured_loopback):
+    """A SuperNode frozen (SIGSTOP: alive, connected, silent) while the round waits for it: after
+    --round_timeout the round goes on with the other client, the hung one counted as failed."""
+    import os
+
+    link = secured_loopback
+    link.member(0)
+    hung = link.member(1)
+    time.sleep(10)  # both SuperNodes online before one of them freezes
+    os.killpg(hung.pid, signal.SIGSTOP)
+    try:
+        out = tmp_path / "run"
+        started = time.monotonic()
+        options = "rounds=1 options='--round_timeout 60 --min_clients 1'"
+        run = link.run(tiny_yaml(tmp_path / "tiny.yaml"), out, options)
+        seconds = time.monotonic() - started
+    finally:
+        os.killpg(hung.pid, signal.SIGCONT)
+    rows = read_rounds(out)
+    assert [int(r["round"]) for r in rows] == [0, 1]
+    failures = [line for line in run.stdout.splitlines() if "failed in round" in line]
+    assert (rows[1]["clients"], rows[1]["failed"]) == ("1", "1"), failures
+    assert seconds < 300, seconds  # waited about the timeout, not forever
 
 
 def test_wandb_offline_run_has_rounds_and_the_partition_table(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -175,14 +176,19 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
         arrays = to_record({**sent, **received})
         messages = list(strategy.configure_train(round_number, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
-        answered = {reply.metadata.src_node_id for reply in replies}
-        for message in messages:
-            if message.metadata.dst_node_id not in answered:
-                yield -1, None, (f"node {message.metadata.dst_node_id}: no reply within "
-                                 f"--round_timeout {cfg.round_timeout:g} s")  # fmt: skip
+        # A reply names the message it answers; its sender may be the SuperLink itself (an
+        # error such as "Node Unavailable" for a SuperNode that stopped sending heartbeats).
+        # The Grid gave each message its id when it sent it.
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        answered = {reply.metadata.reply_to_message_id for reply in replies}
+        for message_id, node in node_of.items():
+            if message_id not in answered:
+                yield -1, None, (f"node {node}: no reply within --round_timeout "
+                                 f"{cfg.round_timeout:g} s")  # fmt: skip
         valid, errors = strategy._check_and_log_replies(replies, is_train=True)
         for reply in errors:
-            yield -1, None, f"node {reply.metadata.src_node_id}: {reply.error.reason}"
+            node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            yield -1, None, f"node {node}: {reply.error.reason}"
         updates = []
         for reply in valid:
             metrics = reply.content["metrics"]
@@ -228,16 +234,20 @@ def run_flower_simulation(cfg, parts, clients, algorithm, run_dir: Path, on_roun
 
 # ---- deployable apps for `flwr run` ----------------------------------------------------------
 def config_from_run(context: Context):
-    """The ssl_zoo config of a deployed run: the YAMLs named by run config `config`, then the
-    other run config keys as overrides."""
+    """The ssl_zoo config of a deployed run: the YAMLs named by run config `config`, the other
+    declared keys (`num-clients`, `rounds`, `output-dir`) as overrides, then `options`."""
     from ssl_zoo.config import parse_config
     from ssl_zoo.federate import FedConfig
 
     run = dict(context.run_config)
     # `config` may name several YAMLs, comma-separated: a base and a method's recipe.
     args = [a for path in str(run.pop("config")).split(",") for a in ("--config", path.strip())]
+    # Flower refuses run config keys the app does not declare, so any other option travels in
+    # `options`, as typed on federate.py's command line.
+    extra = shlex.split(str(run.pop("options", "")))
     for key, value in run.items():
         args += [f"--{key.replace('-', '_')}", str(value)]
+    args += extra
     # Last, so that checks of Flower-only options (round_timeout) see the engine they run on.
     return parse_config(FedConfig, [*args, "--engine", "flower"], prog="flower")
 
