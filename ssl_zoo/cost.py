@@ -149,6 +149,18 @@ class EnergyMeter:
                 return "measured"
         return "estimated"
 
+    def kwh(self) -> float | None:
+        """The energy used since construction, measured now (None where not tracked): the
+        difference of two readings is what happened between them (a federated round)."""
+        if self.tracker is None:
+            return None
+        try:
+            self.tracker.flush()  # measures now unless it just did; writes nothing (save_to_file off)
+            return self.tracker._total_energy.kWh  # codecarbon's running total
+        except Exception as err:
+            self.fail(err)
+            return None
+
     def stop(self) -> dict:
         """energy_kwh, energy_method and co2_kg (None where not tracked); stops the tracker."""
         none = {"energy_kwh": None, "energy_method": "none", "co2_kg": None}

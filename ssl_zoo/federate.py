@@ -253,11 +253,11 @@ def federate(cfg: FedConfig) -> dict:
         if cfg.engine == "embedded":
             from ssl_zoo.federated.loop import run_rounds
 
-            state = run_rounds(cfg, parts, algorithm, clients, run_dir, on_round=wandb)
+            state = run_rounds(cfg, parts, algorithm, clients, run_dir, wandb, energy=energy)
         else:
             from ssl_zoo.federated.flower import run_flower_simulation
 
-            state = run_flower_simulation(cfg, parts, clients, algorithm, run_dir, on_round=wandb)
+            state = run_flower_simulation(cfg, parts, clients, algorithm, run_dir, wandb, energy)
 
         summary = finish_run(cfg, parts, state, run_dir, start, energy)
         if wandb is not None:

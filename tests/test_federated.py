@@ -189,6 +189,10 @@ def test_embedded_run_writes_rounds_partition_and_summary(tmp_path):
     rows = read_rounds(out)
     assert [int(r["round"]) for r in rows] == [0, 1, 2]
     assert int(rows[1]["bytes_up"]) == int(rows[1]["bytes_down"]) > 1_000_000
+    # Each round's energy; together less than the run's, which also builds, evaluates round 0
+    # and saves.
+    per_round = [float(r["energy_kwh"]) for r in rows[1:]]
+    assert min(per_round) > 0 and sum(per_round) < summary["energy_kwh"]
     for name in ("partition.csv", "partition.png", "fed_state.pt", "backbone.pt", "summary.json"):
         assert (out / name).is_file(), name
     with (out / "partition.csv").open() as f:

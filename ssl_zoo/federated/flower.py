@@ -156,7 +156,7 @@ def train_on_client(cfg, msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
+def run_server(cfg, grid: Grid, run_dir: Path, on_round=None, energy=None) -> FedState:
     """The ServerApp's work: the same round loop as the embedded engine (loop.py), whose clients
     are reached through Flower: its FedAvg strategy samples the SuperNodes and builds the
     messages, the Grid carries them, and the replies are aggregated in client order."""
@@ -201,10 +201,11 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None) -> FedState:
         for update in sorted(updates, key=lambda u: u.client):  # the embedded engine's order
             yield update.client, update, None
 
-    return run_rounds(cfg, parts, algorithm, clients, run_dir, on_round, fit_round)
+    return run_rounds(cfg, parts, algorithm, clients, run_dir, on_round, fit_round, energy)
 
 
-def run_flower_simulation(cfg, parts, clients, algorithm, run_dir: Path, on_round=None) -> FedState:
+def run_flower_simulation(cfg, parts, clients, algorithm, run_dir: Path, on_round=None,
+                          energy=None) -> FedState:  # fmt: skip
     from flwr.simulation import run_simulation
 
     # For the server thread; Flower's client actors are processes of their own and build theirs
@@ -216,7 +217,7 @@ def run_flower_simulation(cfg, parts, clients, algorithm, run_dir: Path, on_roun
 
     @server.main()
     def _server(grid: Grid, context: Context) -> None:
-        result["state"] = run_server(cfg, grid, run_dir, on_round)
+        result["state"] = run_server(cfg, grid, run_dir, on_round, energy)
 
     @client.train()
     def _client(msg: Message, context: Context) -> Message:

@@ -40,8 +40,8 @@ from ssl_zoo.federated.server_optimizer import ServerOptimizer
 log = logging.getLogger("ssl_zoo.federated")
 
 ROUND_FIELDS = ["round", "epochs", "knn_top1", "knn_top5", "embedding_std", "rankme", "clients",
-                "failed", "examples", "train_loss", "gflops", "bytes_down", "bytes_up",
-                "train_seconds", "aggregate_seconds", "eval_seconds", "seconds"]  # fmt: skip
+                "failed", "examples", "train_loss", "gflops", "energy_kwh", "bytes_down",
+                "bytes_up", "train_seconds", "aggregate_seconds", "eval_seconds", "seconds"]  # fmt: skip
 
 
 @dataclass
@@ -131,8 +131,9 @@ def fit_locally(cfg, parts: Components, client_indices, algorithm: Stack, initia
 
 
 def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np.ndarray],
-               run_dir: Path, on_round=None, fit_round=None) -> FedState:  # fmt: skip
+               run_dir: Path, on_round=None, fit_round=None, energy=None) -> FedState:  # fmt: skip
     """Rounds of sampling, local fits, aggregation, a server step, evaluation and a checkpoint.
+    With an EnergyMeter, each round's row has the machine's energy during it (energy_kwh).
 
     `fit_round(round, global_state, state, total_rounds, bar, received)` yields (client, update
     or None, failure reason) for each sampled client: the embedded engine fits them here
@@ -172,6 +173,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
     while state.round < (total_rounds := planned_rounds(cfg, state)):
         bar.total = total_rounds
         round_number, start = state.round + 1, time.time()
+        kwh_before = energy.kwh() if energy else None
         accumulator, received = algorithm.aggregator(state.global_state), algorithm.broadcast()
         failed, losses, decided = [], [], {}
         bytes_up, aggregate_seconds, epochs, flops = 0, 0.0, 0.0, 0
@@ -222,6 +224,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             "clients": accumulator.clients, "failed": len(failed),
             "examples": int(accumulator.total_weight),
             "train_loss": float(np.mean(losses)) if losses else None, "gflops": gflops(flops),
+            "energy_kwh": None if kwh_before is None else round(energy.kwh() - kwh_before, 7),
             "bytes_down": bytes_down, "bytes_up": bytes_up,
             "train_seconds": round(train_seconds, 2), "aggregate_seconds": round(aggregate_seconds, 4),
             "eval_seconds": round(time.time() - tic, 2), "seconds": round(time.time() - start, 2),
