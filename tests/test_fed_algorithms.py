@@ -165,6 +165,31 @@ def test_fedx_terms_match_a_direct_computation():
     assert float(fedx_terms(z0, z0, p0, p0, g0, g1)["local_relation"]) == pytest.approx(0, abs=1e-6)
 
 
+def test_fedx_on_moco_trains_the_query_side_and_keeps_the_queue():
+    """MoCo's pair is (query, key): FedX's terms reach the encoder and its predictor through the
+    query, never the momentum key encoder, and the queue advances by MoCo's own step only."""
+    from ssl_zoo.backbones import BackboneSpec
+    from ssl_zoo.federated.algorithms.fedx import FedX
+    from ssl_zoo.methods import build_method
+
+    torch.manual_seed(0)
+    args = {"proj_hidden_dim": 32, "proj_dim": 16, "queue_size": 16}
+    model = build_method("mocov2", args, backbone=BackboneSpec("timm:resnet10t"))
+    fedx = FedX(SimpleNamespace())
+    fedx.prepare(model)
+    fedx.client_start(model, model.state_dict(), {}, {}, client=0)
+    views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)]
+    out = model.ssl_step(views)
+    queue = model.criterion.memory_bank.bank.clone()
+    loss = fedx.client_loss(model, views, out, out.loss)
+    assert torch.equal(model.criterion.memory_bank.bank, queue)  # FedX enqueued nothing
+    assert float(loss) > float(out.loss)  # three non-negative terms, not all zero
+    loss.backward()
+    assert all(p.grad is None for p in model.key_backbone.parameters())
+    assert sum(p.grad.abs().sum() for p in model.backbone.parameters() if p.grad is not None) > 0
+    assert all(p.grad is not None for p in model.fedx_predictor.parameters())
+
+
 def test_feature_fusion_adds_remote_negatives_to_ntxent_as_computed_by_hand():
     torch.manual_seed(3)
     z0, z1, remote = torch.randn(3, 4), torch.randn(3, 4), F.normalize(torch.randn(2, 4), dim=1)
@@ -196,7 +221,7 @@ TINY = ["--dataset", "synthetic", "--train_samples", "96", "--test_samples", "40
 @pytest.mark.parametrize(
     "algorithm, method, supported",
     [("fedema", "simclr", "byol, simsiam, nnclr"), ("fusion", "byol", "simclr"),
-     ("fedx", "mocov2", "simclr, byol, simsiam")],
+     ("fedx", "vicreg", "simclr, mocov2, byol, simsiam")],
 )  # fmt: skip
 def test_an_algorithm_refuses_a_method_it_does_not_fit_in_one_line(
     tmp_path, algorithm, method, supported

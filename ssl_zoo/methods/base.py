@@ -51,8 +51,9 @@ class StepOutput:
     loss: Tensor
     features: Tensor  # backbone features of the first view: fed (detached) to the linear probe
     embedding: Tensor  # the vectors the loss compares: watched for collapse
-    # The online embeddings of both views, with gradient, for the loss terms federated
-    # algorithms add (FedX, feature fusion); None where the method has no such pair (MoCo).
+    # The embeddings of both views the method's loss compares, for the loss terms federated
+    # algorithms add (FedX, feature fusion): online for both views, except MoCo's second (its
+    # key, from the momentum encoder, without gradient); None where the method has no such pair.
     pair: tuple[Tensor, Tensor] | None = None
 
 

@@ -52,4 +52,4 @@ class MoCoV2(SSLMethod):
             shuffled, order = batch_shuffle(x_key)
             key = self.key_projection_head(self.key_backbone(shuffled))
             key = batch_unshuffle(key, order)
-        return StepOutput(self.criterion(query, key), features, query)
+        return StepOutput(self.criterion(query, key), features, query, (query, key))

@@ -13,6 +13,9 @@ JS(u, v; a) is the Jensen-Shannon divergence between the rows of softmax(cos(u, 
 softmax(cos(v, a) / T): how each image relates to the anchors a, seen from either view. The
 anchors are the other images of the batch (first view; an image is not its own anchor), embedded
 without gradient. T = 0.1 throughout, as in the paper.
+
+MoCo v2: z(x') is the key, from the momentum encoder without gradient, as in MoCo's own loss; the
+terms train the query side (encoder and predictor), and the queue stays MoCo's.
 """
 
 import copy
@@ -54,7 +57,7 @@ def fedx_terms(z0, z1, p0, p1, g0, g1) -> dict[str, Tensor]:
 class FedX(FedAlgorithm):
     name = "fedx"
     paper = "https://arxiv.org/abs/2207.09158"
-    methods = ("simclr", "byol", "simsiam")  # those whose step returns both views' embeddings
+    methods = ("simclr", "mocov2", "byol", "simsiam")  # their steps return both views' embeddings
 
     def prepare(self, model):
         dim = [m for m in model.projection_head.modules() if isinstance(m, nn.Linear)][-1]
