@@ -34,7 +34,7 @@ from ssl_zoo.data import (
     load_splits,
 )
 from ssl_zoo.errors import UserError, run_main, unknown_choice
-from ssl_zoo.evaluation.finetune import finetune
+from ssl_zoo.evaluation.finetune import balanced_subset, finetune, probe_as_head
 from ssl_zoo.evaluation.knn import knn_scores, topk_accuracy
 from ssl_zoo.evaluation.label_free import label_free_metrics
 from ssl_zoo.evaluation.linear import train_linear_probe
@@ -68,7 +68,7 @@ class EvalConfig:
         linear_epochs: Epochs of the linear probe on precomputed features.
         label_fraction: Fraction of training labels for fine-tuning, class-balanced, in (0, 1];
             detection: the fraction of labeled training images.
-        finetune_epochs: Fine-tuning epochs.
+        finetune_steps: Fine-tuning steps (few labels: an epoch may be a single batch).
         finetune_lr: Fine-tuning learning rate (SGD, cosine).
         classes: detection: comma-separated class names to detect (default: all of them).
         det_size: detection: shorter image side the detector sees.
@@ -105,7 +105,7 @@ class EvalConfig:
     knn_t: float = 0.1
     linear_epochs: int = 100
     label_fraction: float = 0.01
-    finetune_epochs: int = 30
+    finetune_steps: int = 300
     finetune_lr: float = 0.05
     classes: str | None = None
     det_size: int = 128
@@ -147,8 +147,8 @@ class EvalConfig:
             raise UserError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.checkpoint == "random" and not self.backbone:
             raise UserError("--checkpoint random needs --backbone NAME (e.g. resnet18)")
-        if self.linear_epochs < 1 or self.finetune_epochs < 1:
-            raise UserError("linear_epochs and finetune_epochs must be >= 1")
+        if self.linear_epochs < 1 or self.finetune_steps < 1:
+            raise UserError("linear_epochs and finetune_steps must be >= 1")
         check_accelerator(self.accelerator)
 
 
@@ -267,11 +267,16 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         seconds["linear"] = time.time() - tic
     if "finetune" in protocols:
         tic = time.time()
-        labels = train_y.tolist()
-        tuned, n_labels, flops = finetune(
-            model, feature_dim, splits.num_classes, splits.bank, labels, cfg.label_fraction,
-            splits.image_size, normalize, cfg.finetune_epochs, cfg.finetune_lr,
-            cfg.batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
+        indices = balanced_subset(train_y.tolist(), cfg.label_fraction, cfg.seed)
+        probe, mean, std = train_linear_probe(
+            train_x[indices], train_y[indices], splits.num_classes, cfg.linear_epochs, seed=cfg.seed
+        )
+        with torch.no_grad():
+            probed = topk_accuracy(probe((test_x - mean) / std), test_y)
+        tuned, flops = finetune(
+            model, probe_as_head(probe, mean, std), splits.bank, indices, splits.image_size,
+            normalize, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, cfg.num_workers,
+            cfg.seed, cfg.accelerator,
         )  # fmt: skip
         logits, _ = extract_features(
             tuned, Transformed(splits.test, transform), cfg, device, "fine-tuned"
@@ -280,7 +285,9 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         results["finetune"] = {
             **accuracy,
             "label_fraction": cfg.label_fraction,
-            "labels": n_labels,
+            "labels": len(indices),
+            # The same labels, the backbone frozen: what fine-tuning must beat (and starts from).
+            "linear_same_labels": dict(zip(("top1", "top5"), probed, strict=True)),
             "gflops": gflops(flops),
         }
         seconds["finetune"] = time.time() - tic

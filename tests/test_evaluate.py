@@ -87,7 +87,7 @@ def trained(tmp_path_factory):
 
 
 COMMON = ["--dataset", "synthetic", "--train_samples", "64", "--test_samples", "40",
-          "--knn_k", "10", "--num_workers", "0", "--linear_epochs", "5", "--finetune_epochs", "1",
+          "--knn_k", "10", "--num_workers", "0", "--linear_epochs", "5", "--finetune_steps", "2",
           "--label_fraction", "0.25"]  # fmt: skip
 
 
@@ -107,8 +107,20 @@ def test_all_protocols_on_a_trained_backbone(trained):
     ]
     assert result["results"]["finetune"]["labels"] == len(balanced_subset(labels, 0.25)) < 64
     assert result["gflops"] == result["results"]["finetune"]["gflops"] > 0  # its training steps
+    probe = result["results"]["finetune"]["linear_same_labels"]  # where fine-tuning starts
+    assert 0 <= probe["top1"] <= probe["top5"] <= 1
     assert json.loads((trained / "results.json").read_text()) == result
     assert (trained / "embedding.png").stat().st_size > 10_000
+
+
+def test_the_probe_as_a_head_on_raw_features_gives_the_probes_logits():
+    from ssl_zoo.evaluation.finetune import probe_as_head
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 6) * 3 + 5
+    mean, std = x.mean(0), x.std(0)
+    probe = torch.nn.Linear(6, 4)
+    assert torch.allclose(probe_as_head(probe, mean, std)(x), probe((x - mean) / std), atol=1e-5)
 
 
 def test_killed_evaluation_rerun_gives_the_uninterrupted_results(trained, tmp_path):
@@ -116,13 +128,13 @@ def test_killed_evaluation_rerun_gives_the_uninterrupted_results(trained, tmp_pa
     results.json, and running it again gives what an uninterrupted run gives (every protocol
     is seeded), so a rerun is its resume."""
     args = ["--checkpoint", str(trained / "backbone.pt"), "--protocol", "all", *COMMON,
-            "--finetune_epochs", "10", "--plot", "false"]  # fmt: skip
+            "--finetune_steps", "10", "--plot", "false"]  # fmt: skip
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "evaluate.py"), *args, "--output_dir", str(killed)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     seen = ""
-    while proc.poll() is None and "Loading `train_dataloader`" not in seen:
-        seen += proc.stderr.read(16)  # the fine-tuning Trainer's fit has started
+    while proc.poll() is None and "GPU available" not in seen:
+        seen += proc.stderr.read(16)  # the fine-tuning Trainer is built (after the probes)
     proc.kill()
     proc.wait()
     assert not (killed / "results.json").exists(), "it finished before it could be killed"
