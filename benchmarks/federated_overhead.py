@@ -16,9 +16,15 @@ Aggregation and serialisation are fixed costs per client, so their share of a ro
 long a client trains: the table also gives the local training per client at which the
 simulation's overhead would be 3% of it.
 
+Cross-device (phones: many clients, few images each): `--sampled N` trains N clients per round
+whatever their number, and `client_overhead_s` is what a sampled client's fit costs beyond its
+training steps (Trainer, data module, seeding, state in and out), from rounds.csv's
+train_seconds / clients - client_step_seconds.
+
     python benchmarks/federated_overhead.py [--clients 4,16,64] [--images_per_client 500]
         [--batch_size 128] [--local_epochs 1] [--rounds 2] [--method simsiam]
-        [--backbone timm:resnet10t]
+        [--backbone timm:resnet10t] [--sampled N]
+    python benchmarks/federated_overhead.py --clients 100,1000 --images_per_client 20 --sampled 20
 
 Prints a table and ends with one JSON line.
 """
@@ -52,21 +58,25 @@ def child(args) -> None:
         "--batch_size", str(min(args.batch_size, args.images_per_client)), "--num_workers", "0",
         "--knn_k", "20", "--min_clients", "1", "--local_epochs", str(args.local_epochs),
         "--output_dir", str(out),
+        "--fraction_fit", str(min(1.0, (args.sampled or args.child) / args.child)),
     ], prog="overhead")  # fmt: skip
     summary = federate(cfg)
     state = torch.load(out / "fed_state.pt", weights_only=False)["global_state"]
     record_s, state_s, deflate_s, inflate_s = flower_costs(state)
-    simulation = record_s + state_s + args.child * (state_s + record_s + state_s)
-    deployment = simulation + deflate_s + args.child * (inflate_s + deflate_s + inflate_s)
     import csv
 
     with (out / "rounds.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if int(r["round"]) > 0]
     mean = lambda key: sum(float(r[key]) for r in rows) / len(rows)  # noqa: E731
+    trained = mean("clients")  # what travels: the sampled clients' updates
+    simulation = record_s + state_s + trained * (state_s + record_s + state_s)
+    deployment = simulation + deflate_s + trained * (inflate_s + deflate_s + inflate_s)
     train, aggregate = mean("train_seconds"), mean("aggregate_seconds")
     print(json.dumps({
         "clients": args.child,
+        "sampled": round(trained),
         "train_s": round(train, 2),
+        "client_overhead_s": round(train / trained - mean("client_step_seconds"), 3),
         "aggregate_s": round(aggregate, 4),
         "flower_sim_s": round(simulation, 3),
         "flower_deploy_s": round(deployment, 3),
@@ -74,8 +84,8 @@ def child(args) -> None:
         "aggregate_pct": round(100 * aggregate / train, 2),
         "aggregate_sim_pct": round(100 * (aggregate + simulation) / train, 2),
         "aggregate_deploy_pct": round(100 * (aggregate + deployment) / train, 2),
-        "train_s_per_client_for_3pct": round((aggregate + simulation) / args.child / 0.03, 2),
-        "model_mb": round(summary["bytes_up"] / len(rows) / args.child / 1e6, 1),
+        "train_s_per_client_for_3pct": round((aggregate + simulation) / trained / 0.03, 2),
+        "model_mb": round(summary["bytes_up"] / len(rows) / trained / 1e6, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
     }))  # fmt: skip
 
@@ -120,6 +130,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--method", default="simsiam")
     parser.add_argument("--backbone", default="timm:resnet10t")
+    parser.add_argument("--sampled", type=int, default=None, help="clients per round (all)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

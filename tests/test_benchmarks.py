@@ -60,13 +60,14 @@ def test_throughput_prints_the_three_rates_and_their_ratios(precision):
 
 
 def test_federated_overhead_splits_a_round_for_each_client_count():
-    proc = run_script("benchmarks/federated_overhead.py", "--clients", "2,3", "--images_per_client",
-                      "8", "--rounds", "1")  # fmt: skip
+    proc = run_script("benchmarks/federated_overhead.py", "--clients", "2,4", "--images_per_client",
+                      "8", "--rounds", "1", "--sampled", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = last_json_line(proc.stdout)["per_round"]
-    assert [r["clients"] for r in rows] == [2, 3]
+    assert [(r["clients"], r["sampled"]) for r in rows] == [(2, 2), (4, 2)]
     for r in rows:
         assert r["train_s"] > 0 and r["aggregate_s"] > 0, r
+        assert 0 < r["client_overhead_s"] < r["train_s"] / r["sampled"], r
         # A deployment pays the simulation's record conversions and the object store on top.
         assert 0 < r["flower_sim_s"] < r["flower_deploy_s"], r
         assert r["model_mb"] > 1 and r["peak_rss_mb"] > 100, r

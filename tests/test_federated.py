@@ -193,6 +193,9 @@ def test_embedded_run_writes_rounds_partition_and_summary(tmp_path):
     # and saves.
     per_round = [float(r["energy_kwh"]) for r in rows[1:]]
     assert min(per_round) > 0 and sum(per_round) < summary["energy_kwh"]
+    # A client's steps take part of its fit; the rest is its fixed cost (Trainer, data, state).
+    for r in rows[1:]:
+        assert 0 < float(r["client_step_seconds"]) < float(r["train_seconds"]) / int(r["clients"])
     for name in ("partition.csv", "partition.png", "fed_state.pt", "backbone.pt", "summary.json"):
         assert (out / name).is_file(), name
     with (out / "partition.csv").open() as f:

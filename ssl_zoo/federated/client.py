@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from ssl_zoo.cost import StepFlops
+from ssl_zoo.cost import StepFlops, TimeSplit
 from ssl_zoo.data import Splits, SSLDataModule, Unlabeled, normalized, uint8_images
 from ssl_zoo.federated.aggregate import from_wire, to_wire
 from ssl_zoo.federated.algorithms import Stack
@@ -36,6 +36,9 @@ class ClientUpdate:
     upload: dict[str, torch.Tensor] = field(default_factory=dict)  # sent besides the weights
     metrics: dict[str, float] = field(default_factory=dict)  # what the algorithm decided
     flops: int = 0  # of its training steps (ssl_zoo/cost.py)
+    # Wall seconds of its training steps alone: the rest of its fit (Trainer, data, state in and
+    # out) is the per-client overhead, which decides what many small clients cost.
+    step_seconds: float = 0.0
 
 
 def client_seed(seed: int, round_index: int, client: int) -> int:
@@ -172,7 +175,11 @@ def fit_client(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[*algorithm.callbacks(global_state), flops := StepFlops(counted.get(flops_key))],
+        callbacks=[
+            *algorithm.callbacks(global_state),
+            flops := StepFlops(counted.get(flops_key)),
+            steps := TimeSplit(),
+        ],  # fmt: skip
     )
     model.client_loss = algorithm.client_loss
     try:
@@ -207,4 +214,4 @@ def fit_client(
     kept |= private_state(model, local_keys)
     kept |= algorithm.client_end(model, global_state)
     return ClientUpdate(client, state, n, kept, None if loss is None else float(loss), upload,
-                        metrics, flops.total(trainer.global_step))  # fmt: skip
+                        metrics, flops.total(trainer.global_step), steps.training)  # fmt: skip

@@ -148,6 +148,7 @@ def train_on_client(cfg, msg: Message, context: Context) -> Message:
                         int(config.get("planned-rounds", cfg.rounds)), received)  # fmt: skip
     state_file.save(round_index + 1, update.private)
     metrics = {"num-examples": update.num_examples, "client": client, "flops": update.flops,
+               "step-seconds": update.step_seconds,
                **update.metrics}  # fmt: skip
     if update.loss is not None:
         metrics["train_loss"] = update.loss
@@ -194,10 +195,10 @@ def run_server(cfg, grid: Grid, run_dir: Path, on_round=None, energy=None) -> Fe
             metrics = reply.content["metrics"]
             state, upload = split_entries(to_state(reply.content["arrays"]))
             decided = {k: float(v) for k, v in metrics.items()
-                       if k not in ("client", "num-examples", "train_loss", "flops")}  # fmt: skip
+                       if k not in ("client", "num-examples", "train_loss", "flops", "step-seconds")}  # fmt: skip
             updates.append(ClientUpdate(int(metrics["client"]), state, int(metrics["num-examples"]),
                                         {}, metrics.get("train_loss"), upload, decided,
-                                        int(metrics["flops"])))  # fmt: skip
+                                        int(metrics["flops"]), float(metrics["step-seconds"])))  # fmt: skip
         for update in sorted(updates, key=lambda u: u.client):  # the embedded engine's order
             yield update.client, update, None
 

@@ -41,7 +41,8 @@ log = logging.getLogger("ssl_zoo.federated")
 
 ROUND_FIELDS = ["round", "epochs", "knn_top1", "knn_top5", "embedding_std", "rankme", "clients",
                 "failed", "examples", "train_loss", "gflops", "energy_kwh", "bytes_down",
-                "bytes_up", "train_seconds", "aggregate_seconds", "eval_seconds", "seconds"]  # fmt: skip
+                "bytes_up", "train_seconds", "client_step_seconds", "aggregate_seconds",
+                "eval_seconds", "seconds"]  # fmt: skip
 
 
 @dataclass
@@ -176,7 +177,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
         kwh_before = energy.kwh() if energy else None
         accumulator, received = algorithm.aggregator(state.global_state), algorithm.broadcast()
         failed, losses, decided = [], [], {}
-        bytes_up, aggregate_seconds, epochs, flops = 0, 0.0, 0.0, 0
+        bytes_up, aggregate_seconds, epochs, flops, step_seconds = 0, 0.0, 0.0, 0, []
         sent = to_wire(state.global_state, cfg.update_dtype)
         for client, update, reason in fit_round(
             round_number, sent, state, total_rounds, bar, received
@@ -197,6 +198,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             bytes_up += state_bytes(update.state) + state_bytes(update.upload)  # as it travels
             epochs += cfg.local_epochs * share[client]
             flops += update.flops
+            step_seconds.append(update.step_seconds)
             if update.loss is not None:
                 losses.append(update.loss)
         train_seconds = time.time() - start - aggregate_seconds
@@ -227,6 +229,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             "energy_kwh": None if kwh_before is None else round(energy.kwh() - kwh_before, 7),
             "bytes_down": bytes_down, "bytes_up": bytes_up,
             "train_seconds": round(train_seconds, 2), "aggregate_seconds": round(aggregate_seconds, 4),
+            "client_step_seconds": round(float(np.mean(step_seconds)), 3) if step_seconds else None,
             "eval_seconds": round(time.time() - tic, 2), "seconds": round(time.time() - start, 2),
             **{key: float(np.mean(values)) for key, values in decided.items()},
         })  # fmt: skip
