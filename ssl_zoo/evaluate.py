@@ -251,43 +251,44 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
     )
     seconds["features"] = time.time() - tic
     results: dict[str, dict] = {}
+
+    def accuracy(logits: torch.Tensor) -> dict[str, float]:
+        return dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
+
+    def linear_probe(x: torch.Tensor, y: torch.Tensor):
+        """A probe on these training features: (classifier, mean, std) and its test accuracy."""
+        probe = train_linear_probe(x, y, splits.num_classes, cfg.linear_epochs, seed=cfg.seed)
+        classifier, mean, std = probe
+        with torch.no_grad():
+            return probe, accuracy(classifier((test_x - mean) / std))
+
     if "knn" in protocols:
         tic = time.time()
         scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
-        results["knn"] = dict(zip(("top1", "top5"), topk_accuracy(scores, test_y), strict=True))
+        results["knn"] = accuracy(scores)
         seconds["knn"] = time.time() - tic
     if "linear" in protocols:
         tic = time.time()
-        classifier, mean, std = train_linear_probe(
-            train_x, train_y, splits.num_classes, cfg.linear_epochs, seed=cfg.seed
-        )
-        with torch.no_grad():
-            logits = classifier((test_x - mean) / std)
-        results["linear"] = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
+        _, results["linear"] = linear_probe(train_x, train_y)
         seconds["linear"] = time.time() - tic
     if "finetune" in protocols:
         tic = time.time()
         indices = balanced_subset(train_y.tolist(), cfg.label_fraction, cfg.seed)
-        probe, mean, std = train_linear_probe(
-            train_x[indices], train_y[indices], splits.num_classes, cfg.linear_epochs, seed=cfg.seed
-        )
-        with torch.no_grad():
-            probed = topk_accuracy(probe((test_x - mean) / std), test_y)
+        probe, probed = linear_probe(train_x[indices], train_y[indices])
         tuned, flops = finetune(
-            model, probe_as_head(probe, mean, std), splits.bank, indices, splits.image_size,
+            model, probe_as_head(*probe), splits.bank, indices, splits.image_size,
             normalize, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, cfg.num_workers,
             cfg.seed, cfg.accelerator,
         )  # fmt: skip
         logits, _ = extract_features(
             tuned, Transformed(splits.test, transform), cfg, device, "fine-tuned"
         )
-        accuracy = dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
         results["finetune"] = {
-            **accuracy,
+            **accuracy(logits),
             "label_fraction": cfg.label_fraction,
             "labels": len(indices),
             # The same labels, the backbone frozen: what fine-tuning must beat (and starts from).
-            "linear_same_labels": dict(zip(("top1", "top5"), probed, strict=True)),
+            "linear_same_labels": probed,
             "gflops": gflops(flops),
         }
         seconds["finetune"] = time.time() - tic
