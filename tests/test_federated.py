@@ -1,7 +1,10 @@
 """Federated SSL: partitions, FedAvg, FedBN, schedules, failures, resume, engines, bad configs."""
 
+import contextlib
 import csv
 import math
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -530,9 +533,6 @@ class SecuredLoopback:
     the flwr CLI pointed at it. Every process it starts is stopped by close()."""
 
     def __init__(self, tmp_path):
-        import os
-        import shutil
-
         from ssl_zoo.federated.keys import make_keys
 
         bin_dir = Path(sys.executable).parent
@@ -555,14 +555,18 @@ class SecuredLoopback:
         self.start("flower-superlink", "--ssl-ca-certfile", str(self.keys / "ca.crt"),
                    "--ssl-certfile", str(self.keys / "superlink.crt"), "--ssl-keyfile",
                    str(self.keys / "superlink.key"), "--enable-supernode-auth")  # fmt: skip
-        for key in ("supernode-0.pub", "supernode-1.pub"):  # the CLI talks TLS to the SuperLink
-            for _ in range(20):  # until the SuperLink listens
-                reg = subprocess.run(["flwr", "supernode", "register", str(self.keys / key), "loopback"],
-                                     env=self.env, capture_output=True, text=True, timeout=60)  # fmt: skip
-                if reg.returncode == 0:
-                    break
-                time.sleep(1)
-            assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+        try:
+            for key in ("supernode-0.pub", "supernode-1.pub"):  # the CLI talks TLS to the SuperLink
+                for _ in range(20):  # until the SuperLink listens
+                    reg = subprocess.run(["flwr", "supernode", "register", str(self.keys / key), "loopback"],
+                                         env=self.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+                    if reg.returncode == 0:
+                        break
+                    time.sleep(1)
+                assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+        except BaseException:
+            self.close()  # the fixture never gets the object: stop the SuperLink here
+            raise
 
     def start(self, *args):
         proc = subprocess.Popen(list(args), env=self.env, cwd=self.dir, stdout=subprocess.DEVNULL,
@@ -581,9 +585,6 @@ class SecuredLoopback:
 
     def refused(self, key, port, *tls):
         """Exit status and log of a SuperNode that should not get in (one retry)."""
-        import contextlib
-        import os
-
         # Its log goes to a file: the SuperExec it starts would hold a pipe open after it exits.
         log = self.dir / f"refused-{port}.log"
         with log.open("w") as sink:
@@ -606,9 +607,6 @@ class SecuredLoopback:
         return run
 
     def close(self):
-        import contextlib
-        import os
-
         for proc in self.started:  # SuperLink and SuperNodes outlive `flwr run`: stop them all
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGCONT)  # a frozen one would not hear SIGTERM
@@ -665,8 +663,6 @@ def test_secured_flower_deployment_on_loopback_refuses_strangers(tmp_path, secur
 def test_a_hung_supernode_is_failed_after_the_round_timeout(tmp_path, secured_loopback):
     """A SuperNode frozen (SIGSTOP: alive, connected, silent) while the round waits for it: after
     --round_timeout the round goes on with the other client, the hung one counted as failed."""
-    import os
-
     link = secured_loopback
     link.member(0)
     hung = link.member(1)
