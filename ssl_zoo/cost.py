@@ -176,3 +176,20 @@ class EnergyMeter:
             return none
         self.tracker = None
         return result
+
+
+class CostSoFar(L.Callback):
+    """Logs what the run has cost so far beside every monitor point: `cost/gflops` (the steps
+    taken x one step's count, on every device) and `cost/energy_kwh` (where tracked), so
+    metrics.csv says how much compute and energy each kNN figure took (benchmarks/cost.py reads
+    the cost of first reaching a kNN target from it)."""
+
+    def __init__(self, flops: StepFlops, energy: EnergyMeter):
+        self.flops, self.energy = flops, energy
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        so_far = {"cost/gflops": gflops(self.flops.total(trainer.global_step) * trainer.world_size)}
+        kwh = self.energy.kwh()
+        if kwh is not None:
+            so_far["cost/energy_kwh"] = kwh
+        pl_module.log_dict(so_far)  # DDP's copies track no energy; the first process writes

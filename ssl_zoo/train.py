@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import TrainConfig, json_entry_point, replacing, write_atomically
-from ssl_zoo.cost import EnergyMeter, StepFlops, TimeSplit, gflops, peak_rss_mb
+from ssl_zoo.cost import CostSoFar, EnergyMeter, StepFlops, TimeSplit, gflops, peak_rss_mb
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
@@ -126,6 +126,7 @@ def train(cfg: TrainConfig) -> dict | None:
                 TQDMProgressBar(refresh_rate=1),
                 flops,
                 timing,
+                CostSoFar(flops, energy),
             ],
             check_val_every_n_epoch=cfg.knn_every_n_epochs,
             num_sanity_val_steps=0,

@@ -59,6 +59,13 @@ def test_train_script_writes_a_finished_run(tmp_path):
     knn = [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
     assert len(losses) == 8 and all(loss == loss for loss in losses)
     assert len(knn) == 3  # at initialisation and after each epoch
+    # Beside every kNN figure, what it cost so far: none at initialisation, 4 steps' FLOPs
+    # after epoch 1, all 8 after epoch 2; energy climbing to (at most) the run's total.
+    monitor = [r for r in rows if r.get("val/knn_top1")]
+    spent = [float(r["cost/gflops"]) for r in monitor]
+    assert spent == pytest.approx([0, 4 * summary["gflops_per_step"], summary["gflops"]], abs=0.01)
+    kwh = [float(r["cost/energy_kwh"]) for r in monitor]
+    assert 0 < kwh[0] < kwh[1] < kwh[2] <= summary["energy_kwh"]
     payload = torch.load(out / "backbone.pt", weights_only=False)
     assert payload["spec"]["name"] == "timm:resnet10t" and payload["image_size"] == 32
     assert json.loads((out / "summary.json").read_text()) == summary
