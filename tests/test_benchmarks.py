@@ -42,6 +42,37 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     assert "failed" in table.read_text()
 
 
+def test_cost_table_gives_the_cost_of_reaching_a_knn_target(tmp_path, monkeypatch, capsys):
+    table, picture = tmp_path / "cost.md", tmp_path / "cost.png"
+    args = ["--methods", "simclr", "--backbone", "timm:resnet10t", "--edge_backbones", "",
+            "--dataset", "synthetic", "--data_dir", "", "--runs", str(tmp_path / "runs"),
+            "--out", str(table), "--plot", str(picture)]  # fmt: skip
+
+    def cost(*more):
+        return [*args, *more, "--", *TINY_TRAIN]
+
+    proc = run_script("benchmarks/cost.py", *cost("--target", "1.01"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = last_json_line(proc.stdout)["rows"][0]
+    assert (row["method"], row["backbone"]) == ("simclr", "timm:resnet10t")
+    assert row["target_gflops"] is None and "not reached" in table.read_text()
+    gain = row["knn_top1"] - row["knn_top1_init"]
+    assert row["knn_points_per_wh"] == pytest.approx(gain / row["energy_kwh"] / 10, abs=0.01)
+    assert picture.stat().st_size > 10_000
+
+    # A target the initial encoder already meets costs nothing; one met after the epoch costs
+    # the whole (one-epoch) run. The finished run is reused, not trained again.
+    met = run_here(monkeypatch, capsys, "benchmarks/cost.py", *cost("--target", "0"))
+    row = last_json_line(met.out)["rows"][0]
+    assert row["target_gflops"] == 0 and 0 < row["target_kwh"] < row["energy_kwh"]
+    target = str(row["knn_top1"] - 1e-6) if row["knn_top1"] > row["knn_top1_init"] else None
+    if target:
+        late = run_here(monkeypatch, capsys, "benchmarks/cost.py", *cost("--target", target))
+        assert last_json_line(late.out)["rows"][0]["target_gflops"] == pytest.approx(
+            row["gflops"], abs=0.01
+        )
+
+
 # bf16 runs the same script as 32-true: kept out of the default suite for its time (57 s).
 @pytest.mark.parametrize(
     "precision", ["32-true", pytest.param("bf16-mixed", marks=pytest.mark.slow)]

@@ -1,0 +1,178 @@
+"""The edge-cost table: what each SSL method costs to learn, and which learns most per joule.
+
+Every method trains on one wall-clock budget with its recipe (benchmarks/recipes.py runs each
+train.py), on the default backbone and, for the methods an edge device would pick from, on light
+backbones too. From each run's summary and metrics.csv (which logs the FLOPs and energy spent so
+far beside every kNN figure) it tabulates kNN reached, GFLOPs, energy and how it was obtained,
+seconds, peak memory, kNN points gained per Wh, and the cost of first reaching --target (the FLOPs
+and energy at the first monitor point at or above it), and plots kNN against energy.
+
+    python benchmarks/cost.py                      # 10 methods on resnet18 + 4 on 2 light backbones, 8 min each
+    python benchmarks/cost.py --minutes 3 --methods simclr,mocov2,simsiam,barlowtwins
+
+Finished runs under --runs with the same settings are reused (recipes.py's rule). Writes the
+markdown table to --out, the plot to --plot, and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from recipes import run_method  # noqa: E402
+
+from ssl_zoo.loggers import read_csv_rows  # noqa: E402
+from ssl_zoo.methods import METHODS  # noqa: E402
+
+# The four methods of Famá et al.'s edge-energy benchmark, which found SimCLR the cheapest.
+EDGE_METHODS = "simclr,mocov2,simsiam,barlowtwins"
+EDGE_BACKBONES = "timm:resnet10t,timm:mobilenetv3_small_100"
+
+
+def cpu_name() -> str:
+    """The CPU's model (figures from different CPUs are not comparable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def monitor_curve(run_dir: Path) -> list[dict]:
+    """kNN top-1 with the GFLOPs and kWh spent when it was measured, one row per monitor point."""
+    rows = read_csv_rows(run_dir / "metrics.csv")
+    return [
+        {
+            "knn": float(r["val/knn_top1"]),
+            "gflops": float(r["cost/gflops"]),
+            "kwh": float(r["cost/energy_kwh"]) if r.get("cost/energy_kwh") else None,
+        }  # fmt: skip
+        for r in rows
+        if r.get("val/knn_top1") and r.get("cost/gflops")
+    ]
+
+
+def cost_row(backbone: str, summary: dict, target: float) -> dict:
+    row = {"backbone": backbone, **summary}
+    if "error" in summary:
+        return row
+    curve = monitor_curve(Path(summary["run_dir"]))
+    first = next((p for p in curve if p["knn"] >= target), None)
+    row["curve"] = curve
+    row["target_gflops"] = first and first["gflops"]
+    row["target_kwh"] = first and first["kwh"]
+    kwh = summary.get("energy_kwh")
+    gain = summary["knn_top1"] - summary["knn_top1_init"]
+    row["knn_points_per_wh"] = round(100 * gain / (kwh * 1000), 2) if kwh else None
+    return row
+
+
+def fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def table(rows: list[dict], title: str, target: float) -> str:
+    lines = [title, "",
+             f"| backbone | method | kNN init | kNN final | GFLOPs | energy Wh | kNN points per Wh | "
+             f"GFLOPs to kNN {target:.2f} | Wh to kNN {target:.2f} | s | peak RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['backbone']} | {r['method']} | failed: {r['error']} |" + " |" * 9)
+            continue
+        wh = None if r["energy_kwh"] is None else 1000 * r["energy_kwh"]
+        reached = r["target_gflops"] is not None
+        lines.append(
+            f"| {r['backbone']} | {r['method']} | {r['knn_top1_init']:.3f} | {r['knn_top1']:.3f} | "
+            f"{r['gflops']:,.0f} | {fmt(wh, '.1f')} | {fmt(r['knn_points_per_wh'], '.2f')} | "
+            f"{fmt(r['target_gflops'], ',.0f', 'not reached')} | "
+            f"{fmt(r['target_kwh'] and 1000 * r['target_kwh'], '.1f', 'not reached' if not reached else '-')} | "
+            f"{r['seconds']} | {r['peak_rss_mb']:.0f} |"
+        )
+    methods = {r["energy_method"] for r in rows if "error" not in r}
+    lines += ["", f"Energy: codecarbon's offline tracker, {' / '.join(sorted(methods))} "
+              "(estimated = the CPU's TDP scaled by its load, RAM from its size: on such a machine "
+              "energy follows seconds)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5.5 * len(backbones), 4.2), squeeze=False)
+    for ax, backbone in zip(axes[0], backbones, strict=True):
+        for r in rows:
+            if r["backbone"] != backbone or "error" in r:
+                continue
+            points = [p for p in r["curve"] if p["kwh"] is not None]
+            ax.plot([1000 * p["kwh"] for p in points], [p["knn"] for p in points],
+                    marker=".", label=r["method"])  # fmt: skip
+        ax.axhline(target, color="grey", lw=0.8, ls="--")
+        ax.set(title=backbone, xlabel="energy spent (Wh)", ylabel="kNN top-1")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default=",".join(METHODS), help="on --backbone")
+    parser.add_argument("--backbone", default="timm:resnet18")
+    parser.add_argument("--edge_methods", default=EDGE_METHODS, help="on each --edge_backbones")
+    parser.add_argument("--edge_backbones", default=EDGE_BACKBONES, help="'' for none")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training budget per run")
+    parser.add_argument("--target", type=float, default=0.40, help="the kNN top-1 to reach")
+    parser.add_argument("--dataset", default="imagefolder")
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-12k"))
+    parser.add_argument("--runs", default="runs/cost")
+    parser.add_argument("--out", default="benchmarks/cost.md")
+    parser.add_argument("--plot", default="docs/images/cost.png")
+    args = parser.parse_args(argv)
+    plan = [(args.backbone, m) for m in names(args.methods)]
+    plan += [(b, m) for b in names(args.edge_backbones) for m in names(args.edge_methods)]
+    unknown = sorted({m for _, m in plan} - set(METHODS))
+    if unknown:
+        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    rows = []
+    for i, (backbone, method) in enumerate(plan, 1):
+        print(f"[{i}/{len(plan)}] {method} on {backbone} ...", file=sys.stderr, flush=True)
+        runs = Path(args.runs) / backbone.replace(":", "-")
+        settings = argparse.Namespace(**{**vars(args), "backbone": backbone, "runs": str(runs)})
+        rows.append(cost_row(backbone, run_method(method, settings, extra), args.target))
+    title = (f"{date.today()}, {cpu_name()} with {os.cpu_count()} "
+             f"CPUs, configs/methods/<name>.yaml --dataset {args.dataset} --data_dir {args.data_dir} "
+             f"--max_time {args.minutes:g} {' '.join(extra)}")  # fmt: skip
+    text = table(rows, title, args.target)
+    Path(args.out).write_text(text)
+    plot(rows, Path(args.plot), args.target)
+    print(text, file=sys.stderr)
+    print(json.dumps({"title": title, "target": args.target,
+                      "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
