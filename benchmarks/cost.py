@@ -162,7 +162,10 @@ def main() -> None:
         print(f"[{i}/{len(plan)}] {method} on {backbone} ...", file=sys.stderr, flush=True)
         runs = Path(args.runs) / backbone.replace(":", "-")
         settings = argparse.Namespace(**{**vars(args), "backbone": backbone, "runs": str(runs)})
-        rows.append(cost_row(backbone, run_method(method, settings, extra), args.target))
+        # The recipes' backbone_args (output stride, pooling) are for timm's ResNets.
+        fits = backbone.startswith("timm:resnet")
+        run_extra = extra if fits else ["--backbone_args", "{}", *extra]
+        rows.append(cost_row(backbone, run_method(method, settings, run_extra), args.target))
     title = (f"{date.today()}, {cpu_name()} with {os.cpu_count()} "
              f"CPUs, configs/methods/<name>.yaml --dataset {args.dataset} --data_dir {args.data_dir} "
              f"--max_time {args.minutes:g} {' '.join(extra)}")  # fmt: skip
