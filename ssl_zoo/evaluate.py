@@ -33,6 +33,7 @@ from ssl_zoo.data import (
     Transformed,
     load_splits,
 )
+from ssl_zoo.detection.model import DETECTOR_LR, DETECTORS
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.evaluation.finetune import balanced_subset, finetune, probe_as_head
 from ssl_zoo.evaluation.knn import knn_scores, topk_accuracy
@@ -71,9 +72,11 @@ class EvalConfig:
         finetune_steps: Fine-tuning steps (few labels: an epoch may be a single batch).
         finetune_lr: Fine-tuning learning rate (SGD, cosine).
         classes: detection: comma-separated class names to detect (default: all of them).
+        detector: detection: fasterrcnn (two-stage), retinanet or fcos (one-stage), torchvision's.
         det_size: detection: shorter image side the detector sees.
         det_epochs: detection: fine-tuning epochs over the labeled images.
-        det_lr: detection: peak learning rate (SGD, warm-up then cosine).
+        det_lr: detection: peak learning rate (SGD, warm-up then cosine); default: the
+            detector's (DETECTOR_LR).
         det_batch_size: detection: images per step.
         trainable_layers: detection: how many of the backbone's stem and four stages train,
             from the top (0: frozen backbone, 5: all), as torchvision's detectors count them.
@@ -108,9 +111,10 @@ class EvalConfig:
     finetune_steps: int = 300
     finetune_lr: float = 0.05
     classes: str | None = None
+    detector: str = "fasterrcnn"
     det_size: int = 128
     det_epochs: int = 12
-    det_lr: float = 0.02
+    det_lr: float | None = None
     det_batch_size: int = 8
     trainable_layers: int = 3
     trainable_bn: bool = False
@@ -135,8 +139,12 @@ class EvalConfig:
                 raise unknown_choice(
                     "dataset for --protocol detection", self.dataset, DETECTION_DATASETS
                 )
+            if self.detector not in DETECTORS:
+                raise unknown_choice("detector", self.detector, DETECTORS)
             if not 0 <= self.trainable_layers <= 5:
                 raise UserError(f"trainable_layers must be in [0, 5], got {self.trainable_layers}")
+            if self.det_lr is None:
+                self.det_lr = DETECTOR_LR[self.detector]
             if min(self.det_size, self.det_epochs, self.det_batch_size) < 1 or self.det_lr <= 0:
                 raise UserError("det_size, det_epochs, det_batch_size and det_lr must be > 0")
         elif self.dataset not in DATASETS:

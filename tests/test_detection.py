@@ -143,6 +143,19 @@ def test_scenes_pretrain_then_detection_fine_tunes_and_reports_map(tmp_path):
     assert (out / "detections.png").stat().st_size > 5_000
 
 
+@pytest.mark.parametrize("detector", ["retinanet", "fcos"])
+def test_one_stage_detectors_fine_tune_at_their_own_learning_rate(tmp_path, detector):
+    summary = evaluate_main(["--checkpoint", "random", "--backbone", "timm:resnet10t",
+                             "--config", "configs/detection/scenes.yaml", "--detector", detector,
+                             "--train_samples", "16", "--test_samples", "4", "--label_fraction",
+                             "1", "--det_size", "64", "--det_epochs", "4", "--num_workers", "0",
+                             "--plot", "false", "--output_dir", str(tmp_path)])  # fmt: skip
+    assert summary["detector"] == detector
+    assert summary["loss_last_epoch"] < summary["loss_first_epoch"]
+    assert 0 <= summary["map"] <= summary["map_50"] <= 1
+    assert set(summary["map_per_class"]) == set(scenes.CLASSES)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -150,6 +163,7 @@ def test_scenes_pretrain_then_detection_fine_tunes_and_reports_map(tmp_path):
         (["--data_dir", "MISSING"], "COCO annotations not found"),
         (["--dataset", "cifar10"], "unknown dataset for --protocol detection 'cifar10'"),
         (["--trainable_layers", "6"], "trainable_layers must be in [0, 5]"),
+        (["--detector", "yolo"], "unknown detector 'yolo'"),
         (["--det_lr", "1e12", "--det_size", "64"], "detection fine-tuning diverged at step"),
     ],
 )

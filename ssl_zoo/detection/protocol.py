@@ -184,7 +184,8 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
     splits = load_detection(cfg.dataset, cfg.data_dir, classes, cfg.train_samples,
                             cfg.test_samples)  # fmt: skip
     detector = build_detector(copy.deepcopy(backbone), len(splits.classes), cfg.det_size,
-                              normalize, cfg.trainable_layers, cfg.trainable_bn)  # fmt: skip
+                              normalize, cfg.trainable_layers, cfg.trainable_bn,
+                              cfg.detector)  # fmt: skip
     seconds = {"data": time.time() - tic}
     tic = time.time()
     _, labeled, first_loss, last_loss, flops = fine_tune_detector(
@@ -203,6 +204,7 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
                                   out_dir / "detections.png", title))  # fmt: skip
     return {
         **scores,
+        "detector": cfg.detector,
         "classes": splits.classes,
         "label_fraction": cfg.label_fraction,
         "labeled_images": labeled,
