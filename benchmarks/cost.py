@@ -11,7 +11,7 @@ and energy at the first monitor point at or above it), and plots kNN against ene
     python benchmarks/cost.py --minutes 3 --methods simclr,mocov2,simsiam,barlowtwins
 
 Finished runs under --runs with the same settings are reused (recipes.py's rule). Writes the
-markdown table to --out, the plot to --plot, and ends with one JSON line.
+markdown table to --out, the plot to --plot, and ends with one JSON line; exits 1 if a run failed.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from recipes import run_method  # noqa: E402
-
+from benchmarks.arguments import at_least, listed, method_name, positive  # noqa: E402
+from benchmarks.recipes import run_method  # noqa: E402
 from ssl_zoo.loggers import read_csv_rows  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
 
@@ -47,10 +46,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def monitor_curve(run_dir: Path) -> list[dict]:
@@ -104,10 +99,11 @@ def table(rows: list[dict], title: str, target: float) -> str:
             f"{fmt(r['target_kwh'] and 1000 * r['target_kwh'], '.1f', 'not reached' if not reached else '-')} | "
             f"{r['seconds']} | {r['peak_rss_mb']:.0f} |"
         )
-    methods = {r["energy_method"] for r in rows if "error" not in r}
-    lines += ["", f"Energy: codecarbon's offline tracker, {' / '.join(sorted(methods))} "
-              "(estimated = the CPU's TDP scaled by its load, RAM from its size: on such a machine "
-              "energy follows seconds)."]  # fmt: skip
+    methods = sorted({r["energy_method"] for r in rows if "error" not in r})
+    if methods:
+        lines += ["", f"Energy: codecarbon's offline tracker, {' / '.join(methods)} (estimated = "
+                  "the CPU's TDP scaled by its load, RAM from its size: on such a machine energy "
+                  "follows seconds)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -140,23 +136,24 @@ def main() -> None:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(METHODS), help="on --backbone")
+    methods = listed(method_name)
+    parser.add_argument("--methods", type=methods, default=",".join(METHODS), help="on --backbone")
     parser.add_argument("--backbone", default="timm:resnet18")
-    parser.add_argument("--edge_methods", default=EDGE_METHODS, help="on each --edge_backbones")
-    parser.add_argument("--edge_backbones", default=EDGE_BACKBONES, help="'' for none")
-    parser.add_argument("--minutes", type=float, default=8.0, help="training budget per run")
-    parser.add_argument("--target", type=float, default=0.40, help="the kNN top-1 to reach")
+    parser.add_argument("--edge_methods", type=methods, default=EDGE_METHODS,
+                        help="on each --edge_backbones")  # fmt: skip
+    parser.add_argument("--edge_backbones", type=listed(str), default=EDGE_BACKBONES,
+                        help="'' for none")  # fmt: skip
+    parser.add_argument("--minutes", type=positive, default=8.0, help="training budget per run")
+    parser.add_argument("--target", type=at_least(0, float), default=0.40,
+                        help="the kNN top-1 to reach")  # fmt: skip
     parser.add_argument("--dataset", default="imagefolder")
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-12k"))
     parser.add_argument("--runs", default="runs/cost")
     parser.add_argument("--out", default="benchmarks/cost.md")
     parser.add_argument("--plot", default="docs/images/cost.png")
     args = parser.parse_args(argv)
-    plan = [(args.backbone, m) for m in names(args.methods)]
-    plan += [(b, m) for b in names(args.edge_backbones) for m in names(args.edge_methods)]
-    unknown = sorted({m for _, m in plan} - set(METHODS))
-    if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    plan = [(args.backbone, m) for m in args.methods]
+    plan += [(b, m) for b in args.edge_backbones for m in args.edge_methods]
     rows = []
     for i, (backbone, method) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {method} on {backbone} ...", file=sys.stderr, flush=True)
@@ -175,6 +172,8 @@ def main() -> None:
     print(text, file=sys.stderr)
     print(json.dumps({"title": title, "target": args.target,
                       "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}))  # fmt: skip
+    if any("error" in r for r in rows):
+        sys.exit(1)  # the table says which runs failed and why
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import lightning.pytorch as L  # noqa: E402
 
+from benchmarks.arguments import at_least, method_name  # noqa: E402
 from ssl_zoo.components import build_components  # noqa: E402
 from ssl_zoo.config import TrainConfig  # noqa: E402
 from ssl_zoo.cost import StepFlops  # noqa: E402
@@ -58,13 +59,14 @@ def step_times(cfg: TrainConfig, steps: int, count: bool) -> tuple[list[float], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", default="simclr")
+    parser.add_argument("--method", type=method_name, default="simclr")
     parser.add_argument("--backbone", default="timm:resnet18")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch_size", type=at_least(1), default=256)
+    # The first two steps pay start-up work; the median is taken over the steps after them.
+    parser.add_argument("--steps", type=at_least(3), default=8)
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--epoch_images", type=int, default=10_000,
+    parser.add_argument("--epoch_images", type=at_least(1), default=10_000,
                         help="images of the epoch the overhead is a share of (cifar10-12k: 10,000)")  # fmt: skip
     args = parser.parse_args()
     cfg = TrainConfig(method=args.method, backbone=args.backbone, batch_size=args.batch_size,

@@ -24,6 +24,11 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.arguments import fraction as label_fraction  # noqa: E402
+from benchmarks.arguments import listed  # noqa: E402
+
 # A run of seconds that exercises every step (tests, a first look).
 QUICK_PRETRAIN = ["--train_samples", "32", "--test_samples", "16", "--image_size", "32",
                   "--backbone", "timm:resnet10t", "--batch_size", "16", "--max_epochs", "1",
@@ -71,13 +76,14 @@ def write_between_markers(path: Path, text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fractions", default="0.1,1.0", help="label fractions to fine-tune on")
+    parser.add_argument("--fractions", type=listed(label_fraction), default="0.1,1.0",
+                        help="label fractions to fine-tune on")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, not hours")
     parser.add_argument("--runs", default="runs/bench-detection")
     parser.add_argument("--out", default="benchmarks/detection.md")
     parser.add_argument("--docs", default="docs/detection.md", help="page whose table to replace")
     args = parser.parse_args()
-    fractions = [float(f) for f in args.fractions.split(",")]
+    fractions = args.fractions
     runs = Path(args.runs)
     pretrain = runs / "pretrain"
     summary = run("train.py", ["--config", "configs/detection/pretrain-scenes.yaml",

@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.arguments import at_least, listed, method_name  # noqa: E402
+
 
 def child(args) -> None:
     import torch
@@ -123,21 +125,21 @@ def flower_costs(state, repeats: int = 5) -> tuple[float, float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", default="4,16,64")
-    parser.add_argument("--images_per_client", type=int, default=500)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--local_epochs", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--method", default="simsiam")
+    parser.add_argument("--clients", type=listed(at_least(1)), default="4,16,64")
+    parser.add_argument("--images_per_client", type=at_least(1), default=500)
+    parser.add_argument("--batch_size", type=at_least(1), default=128)
+    parser.add_argument("--local_epochs", type=at_least(1), default=1)
+    parser.add_argument("--rounds", type=at_least(1), default=2)
+    parser.add_argument("--method", type=method_name, default="simsiam")
     parser.add_argument("--backbone", default="timm:resnet10t")
-    parser.add_argument("--sampled", type=int, default=None, help="clients per round (all)")
+    parser.add_argument("--sampled", type=at_least(1), default=None, help="clients per round (all)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.child is not None:
         child(args)
         return
     rows = []
-    for count in [int(c) for c in args.clients.split(",")]:
+    for count in args.clients:
         print(f"{count} clients ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", str(count)],
                               capture_output=True, text=True, cwd=ROOT)  # fmt: skip

@@ -10,7 +10,7 @@ Arguments after `--` go to every train.py run. Each run is a separate process, s
 memory or threads never affect the next. A method whose run directory already holds a finished
 run (summary.json) with the same settings is not trained again; a run of other settings (an
 edited config, say) is reported, not overwritten: delete runs/recipes/<name> to redo it. Writes the
-markdown table to --out and ends with a one-line JSON summary of all rows.
+markdown table to --out and ends with a one-line JSON summary of all rows; exits 1 if a run failed.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.arguments import listed, method_name, positive  # noqa: E402
 from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
 
@@ -94,18 +95,15 @@ def main() -> None:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--minutes", type=float, default=8.0, help="training budget per method")
+    parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
+    parser.add_argument("--minutes", type=positive, default=8.0, help="training budget per method")
     parser.add_argument("--dataset", default="imagefolder")
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-12k"))
     parser.add_argument("--backbone", default="timm:resnet18")
     parser.add_argument("--runs", default="runs/recipes")
     parser.add_argument("--out", default="benchmarks/recipes.md")
     args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    methods = args.methods
     rows = []
     for method in methods:
         print(f"[{len(rows) + 1}/{len(methods)}] {method} ...", file=sys.stderr, flush=True)
@@ -116,6 +114,8 @@ def main() -> None:
     Path(args.out).write_text(table(rows, title))
     print(table(rows, title), file=sys.stderr)
     print(json.dumps({"title": title, "rows": rows}))
+    if any("error" in r for r in rows):
+        sys.exit(1)  # the table says which methods failed and why
 
 
 if __name__ == "__main__":

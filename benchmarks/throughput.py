@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import lightning.pytorch as L  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from benchmarks.arguments import at_least, method_name  # noqa: E402
 from ssl_zoo.allocator import keep_freed_memory  # noqa: E402
 from ssl_zoo.components import build_components  # noqa: E402
 from ssl_zoo.config import TrainConfig  # noqa: E402
@@ -175,15 +176,15 @@ def child(args, device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", default="simclr")
+    parser.add_argument("--method", type=method_name, default="simclr")
     parser.add_argument("--backbone", default="timm:resnet18")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch_size", type=at_least(1), default=256)
+    parser.add_argument("--steps", type=at_least(1), default=16)
     # The reference's workers fill their prefetch queue (2 x prefetch_factor 2 batches) before its
     # timer starts; timed after only 2 warm-up steps it read 8-10% above its steady state.
-    parser.add_argument("--warmup", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--warmup", type=at_least(0), default=6)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
+    parser.add_argument("--num_workers", type=at_least(0), default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data_dir", default=None)

@@ -36,10 +36,36 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     assert last_json_line(again.out)["rows"][0] == trained
 
     # An edited recipe (here: another learning rate) must not be answered with the old figure.
-    edited = run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args, "--lr", "0.01")
-    row = last_json_line(edited.out)["rows"][0]
+    with pytest.raises(SystemExit) as exit_info:  # a failed row fails the benchmark
+        run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args, "--lr", "0.01")
+    assert exit_info.value.code == 1
+    row = last_json_line(capsys.readouterr().out)["rows"][0]
     assert "error" in row and "(lr:" in row["error"], row
     assert "failed" in table.read_text()
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("benchmarks/cost.py", ["--methods", "simclrr"], "unknown method 'simclrr'; valid: simclr"),
+        ("benchmarks/cost.py", ["--minutes", "0"], "--minutes: must be > 0"),
+        ("benchmarks/cost.py", ["--target", "-1"], "--target: must be >= 0"),
+        ("benchmarks/recipes.py", ["--methods", "simclr,foo"], "unknown method 'foo'"),
+        ("benchmarks/detection.py", ["--fractions", "0.1,2"], "--fractions: must be in (0, 1]"),
+        # --clients 0 used to start itself again and again (0 read as "not a child run").
+        ("benchmarks/federated_overhead.py", ["--clients", "4,0"], "--clients: must be >= 1"),
+        ("benchmarks/federated_overhead.py", ["--clients", "4,x"], "invalid list of int value"),
+        ("benchmarks/throughput.py", ["--steps", "0"], "--steps: must be >= 1"),
+        ("benchmarks/cost_overhead.py", ["--steps", "2"], "--steps: must be >= 3"),
+    ],
+)
+def test_bad_benchmark_input_is_one_line_before_any_run(monkeypatch, capsys, script, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_here(monkeypatch, capsys, script, *args)
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # argparse's usage, then one line naming the error
+    assert exit_info.value.code == 2 and "error: argument" in last and message in last, err
+    assert "Traceback" not in err and err.count("error") == 1
 
 
 def test_cost_table_gives_the_cost_of_reaching_a_knn_target(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,50 @@
+"""argparse types the benchmarks share: a value out of range is one line and exit code 2 from
+argparse, before any run starts (instead of a table of failed rows or a hang)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def at_least(low: float, cast: Callable = int) -> Callable[[str], float]:
+    def parse(text: str):
+        value = cast(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
+        return value
+
+    parse.__name__ = cast.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def listed(item: Callable) -> Callable[[str], list]:
+    """A comma-separated list, each entry parsed by `item` ('' is the empty list)."""
+
+    def parse(text: str) -> list:
+        return [item(part.strip()) for part in text.split(",") if part.strip()]
+
+    parse.__name__ = f"list of {getattr(item, '__name__', 'value')}"
+    return parse
+
+
+def method_name(text: str) -> str:
+    from ssl_zoo.methods import METHODS
+
+    if text not in METHODS:
+        raise argparse.ArgumentTypeError(f"unknown method {text!r}; valid: {', '.join(METHODS)}")
+    return text
