@@ -213,6 +213,7 @@ BAD_INPUTS = [
     ),
     (["--method_args", "{tau: 1}"], "unknown method_args tau for simclr"),
     (["--precision", "fp8"], "unknown precision 'fp8'; valid choices:"),
+    (["--precision", "64-true"], "unknown precision '64-true'; valid choices:"),  # was a traceback
     (["--accelerator", "abacus"], "unknown accelerator 'abacus'; valid choices: auto, cpu, cuda"),
     (["--collapse", "ignore"], "collapse must be one of warn, stop, off"),
     (["--strategy", "fsdp"], "unknown strategy 'fsdp'; valid choices: auto, ddp"),
