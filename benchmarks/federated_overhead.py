@@ -25,6 +25,11 @@ train_seconds / clients - client_step_seconds.
         [--batch_size 128] [--local_epochs 1] [--rounds 2] [--method simsiam]
         [--backbone timm:resnet10t] [--sampled N]
     python benchmarks/federated_overhead.py --clients 100,1000 --images_per_client 20 --sampled 20
+    python benchmarks/federated_overhead.py --clients 100,1000,10000 --total_images 20000 --sampled 20
+
+`--total_images N` shares N images among however many clients, so that only the number of clients
+changes from row to row: peak RSS then shows what the unsampled clients cost the server (with
+--images_per_client the images, and the monitor's bank with them, grow with the clients).
 
 Prints a table and ends with one JSON line.
 """
@@ -53,11 +58,13 @@ def child(args) -> None:
     from ssl_zoo.federate import FedConfig, federate
 
     out = Path(tempfile.mkdtemp()) / "run"
+    images = args.total_images or args.child * args.images_per_client
+    per_client = images // args.child
     cfg = parse_config(FedConfig, [
         "--method", args.method, "--backbone", args.backbone, "--dataset", "synthetic",
-        "--train_samples", str(args.child * args.images_per_client), "--test_samples", "100",
+        "--train_samples", str(images), "--test_samples", "100",
         "--num_clients", str(args.child), "--partition", "iid", "--rounds", str(args.rounds),
-        "--batch_size", str(min(args.batch_size, args.images_per_client)), "--num_workers", "0",
+        "--batch_size", str(min(args.batch_size, per_client)), "--num_workers", "0",
         "--knn_k", "20", "--min_clients", "1", "--local_epochs", str(args.local_epochs),
         "--output_dir", str(out),
         "--fraction_fit", str(min(1.0, (args.sampled or args.child) / args.child)),
@@ -76,6 +83,7 @@ def child(args) -> None:
     train, aggregate = mean("train_seconds"), mean("aggregate_seconds")
     print(json.dumps({
         "clients": args.child,
+        "images": images,
         "sampled": round(trained),
         "train_s": round(train, 2),
         "client_overhead_s": round(train / trained - mean("client_step_seconds"), 3),
@@ -126,7 +134,9 @@ def flower_costs(state, repeats: int = 5) -> tuple[float, float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=listed(at_least(1)), default="4,16,64")
-    parser.add_argument("--images_per_client", type=at_least(1), default=500)
+    parser.add_argument("--images_per_client", type=at_least(2), default=500)
+    parser.add_argument("--total_images", type=at_least(2), default=None,
+                        help="share this many images among the clients instead")  # fmt: skip
     parser.add_argument("--batch_size", type=at_least(1), default=128)
     parser.add_argument("--local_epochs", type=at_least(1), default=1)
     parser.add_argument("--rounds", type=at_least(1), default=2)
@@ -138,6 +148,9 @@ def main() -> None:
     if args.child is not None:
         child(args)
         return
+    if args.total_images and args.total_images < 2 * max(args.clients):
+        parser.error(f"--total_images {args.total_images} gives {max(args.clients)} clients under "
+                     "2 images each")  # fmt: skip
     rows = []
     for count in args.clients:
         print(f"{count} clients ...", file=sys.stderr, flush=True)

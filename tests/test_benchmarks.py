@@ -55,6 +55,11 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
         # --clients 0 used to start itself again and again (0 read as "not a child run").
         ("benchmarks/federated_overhead.py", ["--clients", "4,0"], "--clients: must be >= 1"),
         ("benchmarks/federated_overhead.py", ["--clients", "4,x"], "invalid list of int value"),
+        (
+            "benchmarks/federated_overhead.py",
+            ["--clients", "10,100", "--total_images", "100"],
+            "--total_images 100 gives 100 clients under 2 images each",
+        ),
         ("benchmarks/throughput.py", ["--steps", "0"], "--steps: must be >= 1"),
         ("benchmarks/cost_overhead.py", ["--steps", "2"], "--steps: must be >= 3"),
     ],
@@ -64,7 +69,7 @@ def test_bad_benchmark_input_is_one_line_before_any_run(monkeypatch, capsys, scr
         run_here(monkeypatch, capsys, script, *args)
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # argparse's usage, then one line naming the error
-    assert exit_info.value.code == 2 and "error: argument" in last and message in last, err
+    assert exit_info.value.code == 2 and ": error: " in last and message in last, err
     assert "Traceback" not in err and err.count("error") == 1
 
 
@@ -117,11 +122,11 @@ def test_throughput_prints_the_three_rates_and_their_ratios(precision):
 
 
 def test_federated_overhead_splits_a_round_for_each_client_count():
-    proc = run_script("benchmarks/federated_overhead.py", "--clients", "2,4", "--images_per_client",
-                      "8", "--rounds", "1", "--sampled", "2")  # fmt: skip
+    proc = run_script("benchmarks/federated_overhead.py", "--clients", "2,4", "--total_images",
+                      "16", "--rounds", "1", "--sampled", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = last_json_line(proc.stdout)["per_round"]
-    assert [(r["clients"], r["sampled"]) for r in rows] == [(2, 2), (4, 2)]
+    assert [(r["clients"], r["images"], r["sampled"]) for r in rows] == [(2, 16, 2), (4, 16, 2)]
     for r in rows:
         assert r["train_s"] > 0 and r["aggregate_s"] > 0, r
         assert 0 < r["client_overhead_s"] < r["train_s"] / r["sampled"], r
