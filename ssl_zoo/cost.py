@@ -182,14 +182,15 @@ class CostSoFar(L.Callback):
     """Logs what the run has cost so far beside every monitor point: `cost/gflops` (the steps
     taken x one step's count, on every device) and `cost/energy_kwh` (where tracked), so
     metrics.csv says how much compute and energy each kNN figure took (benchmarks/cost.py reads
-    the cost of first reaching a kNN target from it)."""
+    the cost of first reaching a kNN target from it). A resumed run's tracker starts from 0:
+    `kwh_before` is what the run had spent when its checkpoint was written."""
 
-    def __init__(self, flops: StepFlops, energy: EnergyMeter):
-        self.flops, self.energy = flops, energy
+    def __init__(self, flops: StepFlops, energy: EnergyMeter, kwh_before: float = 0.0):
+        self.flops, self.energy, self.kwh_before = flops, energy, kwh_before
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         so_far = {"cost/gflops": gflops(self.flops.total(trainer.global_step) * trainer.world_size)}
         kwh = self.energy.kwh()
         if kwh is not None:
-            so_far["cost/energy_kwh"] = kwh
+            so_far["cost/energy_kwh"] = self.kwh_before + kwh
         pl_module.log_dict(so_far)  # DDP's copies track no energy; the first process writes

@@ -101,6 +101,8 @@ def train(cfg: TrainConfig) -> dict | None:
                 r for r in read_csv_rows(run_dir / "metrics.csv") if int(r["step"]) <= resumed_step
             ]
 
+        spent = [float(r["cost/energy_kwh"]) for r in earlier_rows if r.get("cost/energy_kwh")]
+        kwh_before = spent[-1] if spent else 0.0
         loggers = build_loggers(cfg, run_dir)
         flops, timing = StepFlops(), TimeSplit()
         last = {"dirpath": run_dir / "checkpoints", "filename": "last", "save_top_k": 1,
@@ -126,7 +128,7 @@ def train(cfg: TrainConfig) -> dict | None:
                 TQDMProgressBar(refresh_rate=1),
                 flops,
                 timing,
-                CostSoFar(flops, energy),
+                CostSoFar(flops, energy, kwh_before),
             ],
             check_val_every_n_epoch=cfg.knn_every_n_epochs,
             num_sanity_val_steps=0,

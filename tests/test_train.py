@@ -126,6 +126,15 @@ def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
     )
     assert resumed["knn_top1"] == pytest.approx(whole["knn_top1"], abs=1e-6)
 
+    # What each kNN figure cost runs on across the kill: the FLOPs as in the uninterrupted run,
+    # the energy from where the checkpoint left it (the new tracker starts at 0).
+    def spent(run, key):
+        return [float(r[key]) for r in read_csv_rows(run / "metrics.csv") if r.get(key)]
+
+    assert spent(out, "cost/gflops") == pytest.approx(spent(tmp_path / "whole", "cost/gflops"))
+    kwh = spent(out, "cost/energy_kwh")
+    assert len(kwh) == 5 and all(a < b for a, b in zip(kwh, kwh[1:], strict=False)), kwh
+
 
 def test_long_epochs_are_checkpointed_every_checkpoint_minutes(tmp_path):
     """With no monitor epoch in the run (kNN every 5 of 2 epochs), only the time trigger can
