@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arguments import at_least, listed, method_name, positive  # noqa: E402
+from benchmarks.cli import at_least, listed, method_name, positive, publish  # noqa: E402
 from benchmarks.recipes import run_method  # noqa: E402
 from ssl_zoo.loggers import read_csv_rows  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
@@ -166,14 +166,12 @@ def main() -> None:
     title = (f"{date.today()}, {cpu_name()} with {os.cpu_count()} "
              f"CPUs, configs/methods/<name>.yaml --dataset {args.dataset} --data_dir {args.data_dir} "
              f"--max_time {args.minutes:g} {' '.join(extra)}")  # fmt: skip
-    text = table(rows, title, args.target)
-    Path(args.out).write_text(text)
-    plot(rows, Path(args.plot), args.target)
-    print(text, file=sys.stderr)
+    written = publish(table(rows, title, args.target), rows, Path(args.out).write_text,
+                      lambda _: plot(rows, Path(args.plot), args.target))  # fmt: skip
     print(json.dumps({"title": title, "target": args.target,
                       "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}))  # fmt: skip
-    if any("error" in r for r in rows):
-        sys.exit(1)  # the table says which runs failed and why
+    if not written:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import lightning.pytorch as L  # noqa: E402
 
-from benchmarks.arguments import at_least, method_name  # noqa: E402
+from benchmarks.cli import at_least, method_name  # noqa: E402
 from ssl_zoo.components import build_components  # noqa: E402
 from ssl_zoo.config import TrainConfig  # noqa: E402
 from ssl_zoo.cost import StepFlops  # noqa: E402

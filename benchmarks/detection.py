@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arguments import fraction as label_fraction  # noqa: E402
-from benchmarks.arguments import listed  # noqa: E402
+from benchmarks.cli import fraction as label_fraction  # noqa: E402
+from benchmarks.cli import listed, publish  # noqa: E402
 
 # A run of seconds that exercises every step (tests, a first look).
 QUICK_PRETRAIN = ["--train_samples", "32", "--test_samples", "16", "--image_size", "32",
@@ -104,15 +104,15 @@ def main() -> None:
                                         "--output_dir", str(out)], out / "results.json")  # fmt: skip
             rows.append({**found, "init": name, "backbone": backbone, "label_fraction": fraction})
     title = (f"{date.today()}, {platform.machine()} with {os.cpu_count()} CPUs, "
-             f"`python benchmarks/detection.py --fractions {args.fractions}"
+             f"`python benchmarks/detection.py --fractions {','.join(f'{f:g}' for f in args.fractions)}"
              f"{' --quick' if args.quick else ''}`; pretraining: kNN "
              f"{summary['knn_top1_init']:.3f} -> {summary['knn_top1']:.3f} (largest object), "
              f"{summary['seconds']} s")  # fmt: skip
-    text = table(rows, title)
-    Path(args.out).write_text(text)
-    write_between_markers(Path(args.docs), text)
-    print(text, file=sys.stderr)
+    written = publish(table(rows, title), rows, Path(args.out).write_text,
+                      lambda text: write_between_markers(Path(args.docs), text))  # fmt: skip
     print(json.dumps({"title": title, "pretrain": summary, "rows": rows}))
+    if not written:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

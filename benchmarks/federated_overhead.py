@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arguments import at_least, listed, method_name  # noqa: E402
+from benchmarks.cli import at_least, listed, method_name  # noqa: E402
 
 
 def child(args) -> None:

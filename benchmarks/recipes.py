@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arguments import listed, method_name, positive  # noqa: E402
+from benchmarks.cli import listed, method_name, positive, publish  # noqa: E402
 from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
 
@@ -111,11 +111,10 @@ def main() -> None:
     title = (f"{date.today()}, {platform.machine()} with {os.cpu_count()} CPUs, "
              f"configs/methods/<name>.yaml --dataset {args.dataset} --data_dir {args.data_dir} "
              f"--backbone {args.backbone} --max_time {args.minutes:g} {' '.join(extra)}")  # fmt: skip
-    Path(args.out).write_text(table(rows, title))
-    print(table(rows, title), file=sys.stderr)
+    written = publish(table(rows, title), rows, Path(args.out).write_text)
     print(json.dumps({"title": title, "rows": rows}))
-    if any("error" in r for r in rows):
-        sys.exit(1)  # the table says which methods failed and why
+    if not written:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

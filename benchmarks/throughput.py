@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import lightning.pytorch as L  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks.arguments import at_least, method_name  # noqa: E402
+from benchmarks.cli import at_least, method_name  # noqa: E402
 from ssl_zoo.allocator import keep_freed_memory  # noqa: E402
 from ssl_zoo.components import build_components  # noqa: E402
 from ssl_zoo.config import TrainConfig  # noqa: E402

@@ -36,12 +36,16 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     assert last_json_line(again.out)["rows"][0] == trained
 
     # An edited recipe (here: another learning rate) must not be answered with the old figure.
+    published = table.read_text()
     with pytest.raises(SystemExit) as exit_info:  # a failed row fails the benchmark
         run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args, "--lr", "0.01")
     assert exit_info.value.code == 1
-    row = last_json_line(capsys.readouterr().out)["rows"][0]
+    out, err = capsys.readouterr()
+    row = last_json_line(out)["rows"][0]
     assert "error" in row and "(lr:" in row["error"], row
-    assert "failed" in table.read_text()
+    # ... and the failed row is shown, never written over the published table.
+    assert "failed" in err and "the table was not written" in err
+    assert table.read_text() == published
 
 
 @pytest.mark.parametrize(

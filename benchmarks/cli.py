@@ -1,10 +1,26 @@
-"""argparse types the benchmarks share: a value out of range is one line and exit code 2 from
-argparse, before any run starts (instead of a table of failed rows or a hang)."""
+"""What the benchmarks share as command-line programs: argparse types, so that a value out of
+range is one line and exit code 2 before any run starts (instead of a table of failed rows or a
+hang), and publishing a table only when every run in it succeeded."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+
+
+def publish(text: str, rows: list[dict], *writers: Callable[[str], object]) -> bool:
+    """Prints the table, and hands it to each writer (the table file, a docs page) only if no row
+    failed: a failed run must never replace published figures. Whether it was written."""
+    print(text, file=sys.stderr)
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        print(f"{len(failed)} run(s) failed (their rows above): the table was not written",
+              file=sys.stderr)  # fmt: skip
+        return False
+    for write in writers:
+        write(text)
+    return True
 
 
 def at_least(low: float, cast: Callable = int) -> Callable[[str], float]:
