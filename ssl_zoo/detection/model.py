@@ -96,8 +96,9 @@ def build_detector(backbone: nn.Module, num_classes: int, size: int, normalize: 
         # timm's converter also freezes its BatchNormAct2d (BatchNorm with the activation fused)
         backbone = freeze_batch_norm_2d(backbone)
     set_trainable_layers(backbone, stage_names(backbone), trainable_layers)
-    # A pyramid of 128 channels and heads of 256 units instead of torchvision's 256 and 1024
-    # (sized for 800-px COCO images): on a CPU they cost 4x and 16x more per image and RoI.
+    # A pyramid (and so one-stage heads) of 128 channels and a box head of 256 units instead of
+    # torchvision's 256 and 1024 (sized for 800-px COCO images), which on a CPU cost 4x and 16x
+    # more per image and RoI.
     pyramid = PyramidBackbone(backbone, out_channels=128)
     common = {"min_size": size, "max_size": round(size * 5 / 3),  # 4:3 photos keep their shape
               "image_mean": normalize["mean"], "image_std": normalize["std"]}  # fmt: skip
