@@ -7,6 +7,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+
+def run_arguments(parser: argparse.ArgumentParser, runs: str, out: str) -> None:
+    """What the benchmarks that train runs with train.py (recipes.py, cost.py) share: the
+    budget, the data, where the runs are kept and where the table goes."""
+    root = Path(__file__).resolve().parents[1]
+    parser.add_argument("--minutes", type=positive, default=8.0, help="training budget per run")
+    parser.add_argument("--dataset", default="imagefolder")
+    parser.add_argument("--data_dir", default=str(root.parent / "shared" / "data" / "cifar10-12k"))
+    parser.add_argument("--runs", default=runs)
+    parser.add_argument("--out", default=out)
 
 
 def publish(text: str, rows: list[dict], *writers: Callable[[str], object]) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cli import at_least, listed, method_name, positive, publish  # noqa: E402
+from benchmarks.cli import at_least, listed, method_name, publish, run_arguments  # noqa: E402
 from benchmarks.recipes import run_method  # noqa: E402
 from ssl_zoo.loggers import read_csv_rows  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
@@ -143,13 +143,9 @@ def main() -> None:
                         help="on each --edge_backbones")  # fmt: skip
     parser.add_argument("--edge_backbones", type=listed(str), default=EDGE_BACKBONES,
                         help="'' for none")  # fmt: skip
-    parser.add_argument("--minutes", type=positive, default=8.0, help="training budget per run")
     parser.add_argument("--target", type=at_least(0, float), default=0.40,
                         help="the kNN top-1 to reach")  # fmt: skip
-    parser.add_argument("--dataset", default="imagefolder")
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-12k"))
-    parser.add_argument("--runs", default="runs/cost")
-    parser.add_argument("--out", default="benchmarks/cost.md")
+    run_arguments(parser, runs="runs/cost", out="benchmarks/cost.md")
     parser.add_argument("--plot", default="docs/images/cost.png")
     args = parser.parse_args(argv)
     plan = [(args.backbone, m) for m in args.methods]

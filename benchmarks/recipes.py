@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cli import listed, method_name, positive, publish  # noqa: E402
+from benchmarks.cli import listed, method_name, publish, run_arguments  # noqa: E402
 from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
 
@@ -96,12 +96,8 @@ def main() -> None:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
-    parser.add_argument("--minutes", type=positive, default=8.0, help="training budget per method")
-    parser.add_argument("--dataset", default="imagefolder")
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-12k"))
     parser.add_argument("--backbone", default="timm:resnet18")
-    parser.add_argument("--runs", default="runs/recipes")
-    parser.add_argument("--out", default="benchmarks/recipes.md")
+    run_arguments(parser, runs="runs/recipes", out="benchmarks/recipes.md")
     args = parser.parse_args(argv)
     methods = args.methods
     rows = []
