@@ -56,7 +56,7 @@ def monitor_curve(run_dir: Path) -> list[dict]:
             "knn": float(r["val/knn_top1"]),
             "gflops": float(r["cost/gflops"]),
             "kwh": float(r["cost/energy_kwh"]) if r.get("cost/energy_kwh") else None,
-        }  # fmt: skip
+        }
         for r in rows
         if r.get("val/knn_top1") and r.get("cost/gflops")
     ]
@@ -91,12 +91,12 @@ def table(rows: list[dict], title: str, target: float) -> str:
             lines.append(f"| {r['backbone']} | {r['method']} | failed: {r['error']} |" + " |" * 9)
             continue
         wh = None if r["energy_kwh"] is None else 1000 * r["energy_kwh"]
-        reached = r["target_gflops"] is not None
+        target_wh = None if r["target_kwh"] is None else 1000 * r["target_kwh"]
+        unreached = "not reached" if r["target_gflops"] is None else "-"  # or no energy tracked
         lines.append(
             f"| {r['backbone']} | {r['method']} | {r['knn_top1_init']:.3f} | {r['knn_top1']:.3f} | "
             f"{r['gflops']:,.0f} | {fmt(wh, '.1f')} | {fmt(r['knn_points_per_wh'], '.2f')} | "
-            f"{fmt(r['target_gflops'], ',.0f', 'not reached')} | "
-            f"{fmt(r['target_kwh'] and 1000 * r['target_kwh'], '.1f', 'not reached' if not reached else '-')} | "
+            f"{fmt(r['target_gflops'], ',.0f', unreached)} | {fmt(target_wh, '.1f', unreached)} | "
             f"{r['seconds']} | {r['peak_rss_mb']:.0f} |"
         )
     methods = sorted({r["energy_method"] for r in rows if "error" not in r})
