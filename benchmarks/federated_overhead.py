@@ -161,6 +161,9 @@ def main() -> None:
                 f"error: the {count}-client run failed: {proc.stderr.strip().splitlines()[-1]}"
             )
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        # Each row as soon as it is measured: a large count can outlast a session's patience,
+        # and the rows before it should not be lost with it.
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     header = list(rows[0])
     print(" | ".join(header), file=sys.stderr)
     for r in rows:

@@ -45,7 +45,9 @@ class FedConfig(RunConfig):
         classes_per_client: Classes per client for the shards partition.
         rounds: Federated rounds.
         fraction_fit: Fraction of clients sampled each round.
-        local_epochs: Epochs each sampled client trains per round.
+        local_epochs: Epochs each sampled client trains per round; a fraction (0.5) trains that
+            share of an epoch's steps on a fresh shuffle, so more, shorter rounds can spend the
+            same compute (less client drift between averages).
         restart_schedule_every_round: Each round's local training runs the whole schedule
             (warm-up, cosine learning rate, momentum) anew, as FEDn's FedSimSiam example does,
             instead of one schedule across all rounds (default, as a centralized run's).
@@ -89,7 +91,7 @@ class FedConfig(RunConfig):
     classes_per_client: int = 2
     rounds: int = 5
     fraction_fit: float = 1.0
-    local_epochs: int = 1
+    local_epochs: float = 1.0
     restart_schedule_every_round: bool = False
     min_clients: int = 1
     client_batch_size: int | None = None
@@ -125,7 +127,7 @@ class FedConfig(RunConfig):
                 f"fraction_fit must be in (0, 1] (got {self.fraction_fit})",
             ),
             (self.rounds >= 1, f"rounds must be >= 1 (got {self.rounds})"),
-            (self.local_epochs >= 1, f"local_epochs must be >= 1 (got {self.local_epochs})"),
+            (self.local_epochs > 0, f"local_epochs must be > 0 (got {self.local_epochs})"),
             (1 <= self.min_clients <= self.num_clients, "min_clients must be in [1, num_clients]"),
             (
                 self.client_batch_size is None or self.client_batch_size >= 2,

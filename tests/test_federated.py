@@ -18,6 +18,7 @@ import yaml
 from conftest import ROOT, last_json_line, run_script
 
 from ssl_zoo.config import parse_config
+from ssl_zoo.cost import StepFlops
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.federate import FedConfig, build_federation
 from ssl_zoo.federate import main as federate_main
@@ -158,6 +159,19 @@ def test_schedule_runs_across_rounds_or_restarts_every_round():
         0.1 * 0.5 * (1 + math.cos(math.pi * steps / (2 * steps))), rel=0.05
     )
     assert ends["true"] < 0.01
+
+
+@pytest.mark.parametrize(("local_epochs", "steps"), [("0.5", 3), ("1", 6), ("1.5", 9)])
+def test_a_client_trains_local_epochs_worth_of_steps_fractions_included(local_epochs, steps):
+    """Half an epoch is half the steps (on a fresh shuffle), as exact as a whole epoch; past
+    an epoch's end the fit goes on into the next."""
+    cfg, parts, clients, algorithm = tiny_federation("--local_epochs", local_epochs)
+    images = torch.utils.data.Subset(parts.splits.train, clients[0].tolist())  # 48 at batch 8
+    update = fit_client(parts.model, parts.model.state_dict(), {}, algorithm, images, parts.views,
+                        parts.normalize, 32, cfg, 0, 0)  # fmt: skip
+    assert parts.model.trainer.global_step == steps
+    counter = next(c for c in parts.model.trainer.callbacks if isinstance(c, StepFlops))
+    assert update.flops == steps * counter.per_step > 0
 
 
 @pytest.mark.parametrize(
@@ -440,6 +454,7 @@ BAD = [
     (["--client_dropout", "1"], "client_dropout must be in [0, 1) (got 1.0)"),
     (["--update_dtype", "int8"], "unknown update_dtype 'int8'; valid choices: float32, float16, bfloat16"),
     (["--client_batch_size", "1"], "client_batch_size must be >= 2 (got 1)"),
+    (["--local_epochs", "0"], "local_epochs must be > 0 (got 0.0)"),
     (["--round_timeout", "0", "--engine", "flower"], "round_timeout must be > 0 seconds (got 0.0)"),
     (["--round_timeout", "30"], "round_timeout needs --engine flower"),
 ]  # fmt: skip
@@ -770,7 +785,9 @@ def test_the_federated_quickstart_learns_round_by_round(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["compare.yaml", "compare-cifar10.yaml", "compare-algorithms.yaml", "compare-fedn.yaml"]
+    "name",
+    ["compare.yaml", "compare-cifar10.yaml", "compare-algorithms.yaml", "compare-fedn.yaml",
+     "compare-local-work.yaml"],
 )
 def test_shipped_comparisons_name_valid_runs(tmp_path, name):
     """Every run of the shipped comparison files parses into a valid config whose algorithm fits

@@ -142,7 +142,9 @@ def fit_client(
     if n < 2:
         raise ValueError(f"client {client} has {n} image(s); at least 2 are needed for a batch")
     batch_size = client_batch_size(cfg, n, len(images.dataset))
-    steps_per_round = cfg.local_epochs * (n // batch_size)
+    # A fixed number of steps, so that a fraction of an epoch (--local_epochs 0.5) is as exact
+    # as a whole number; a fit that crosses an epoch boundary reshuffles as a centralized one.
+    steps_per_round = max(1, round(cfg.local_epochs * (n // batch_size)))
     private = dict(private)  # amended by the algorithm; the caller's copy stays as it was
     # The keys a client keeps local are its own, whatever the server holds for them (Flower's
     # message does not carry them): the algorithm's hooks (FedProx's anchor) see the client's.
@@ -165,7 +167,8 @@ def fit_client(
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
     datamodule = SSLDataModule(splits, views, normalize, batch_size, cfg.num_workers)
     trainer = L.Trainer(
-        max_epochs=cfg.local_epochs,
+        max_steps=steps_per_round,
+        max_epochs=-1,
         accelerator=cfg.accelerator,
         devices=1,
         precision=cfg.precision,
