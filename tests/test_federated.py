@@ -786,8 +786,13 @@ def test_the_federated_quickstart_learns_round_by_round(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["compare.yaml", "compare-cifar10.yaml", "compare-algorithms.yaml", "compare-fedn.yaml",
-     "compare-local-work.yaml"],
+    [
+        "compare.yaml",
+        "compare-cifar10.yaml",
+        "compare-algorithms.yaml",
+        "compare-fedn.yaml",
+        "compare-local-work.yaml",
+    ],
 )
 def test_shipped_comparisons_name_valid_runs(tmp_path, name):
     """Every run of the shipped comparison files parses into a valid config whose algorithm fits
