@@ -55,7 +55,8 @@ def child(args) -> None:
     import torch
 
     from ssl_zoo.config import parse_config
-    from ssl_zoo.federate import FedConfig, federate
+    from ssl_zoo.federated.config import FedConfig
+    from ssl_zoo.federated.run import federate
 
     out = Path(tempfile.mkdtemp()) / "run"
     images = args.total_images or args.child * args.images_per_client

@@ -244,7 +244,8 @@ def test_resume_keeps_each_algorithms_client_and_server_state(tmp_path, algorith
     is the first to use FedEMA's per-client models and fusion's shared features, which only the
     checkpoint carries across the stop."""
     from ssl_zoo.config import parse_config
-    from ssl_zoo.federate import FedConfig, build_federation
+    from ssl_zoo.federated.config import FedConfig
+    from ssl_zoo.federated.federation import build_federation
     from ssl_zoo.federated.loop import load_state, run_rounds
 
     args = [*TINY, "--method", method, "--fed_algorithm", algorithm, "--rounds", "2"]

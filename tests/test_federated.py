@@ -20,10 +20,11 @@ from conftest import ROOT, last_json_line, run_script
 from ssl_zoo.config import parse_config
 from ssl_zoo.cost import StepFlops
 from ssl_zoo.errors import UserError, run_main
-from ssl_zoo.federate import FedConfig, build_federation
 from ssl_zoo.federate import main as federate_main
 from ssl_zoo.federated.aggregate import WeightedMean, fedavg, from_wire, state_bytes, to_wire
 from ssl_zoo.federated.client import client_batch_size, fit_client, load_private
+from ssl_zoo.federated.config import FedConfig
+from ssl_zoo.federated.federation import build_federation
 from ssl_zoo.federated.flower import to_record, to_state
 from ssl_zoo.federated.partition import class_histograms, partition
 

@@ -24,6 +24,10 @@ import yaml
 
 from ssl_zoo.config import RunConfig, TrainConfig, make_output_dir, parse_config, write_atomically
 from ssl_zoo.errors import UserError
+from ssl_zoo.federated.algorithms import build_algorithm
+from ssl_zoo.federated.config import FedConfig
+from ssl_zoo.federated.run import federate
+from ssl_zoo.train import train
 
 
 def load_comparison(path: str, only: str | None = None) -> tuple[str, list[dict]]:
@@ -119,7 +123,6 @@ def reuse_or_run(run, cfg, progress: str) -> dict:
 def run_config(base: str, spec: dict, run_dir: Path, common: list[str]):
     """One run's FedConfig: the base, the run's own configs (a method's recipe), its options
     (written to run_dir/overrides.yaml), then the flags given next to --compare."""
-    from ssl_zoo.federate import FedConfig
 
     options = {k: v for k, v in spec.items() if k not in ("name", "centralized", "config")}
     own = spec.get("config") or []
@@ -133,10 +136,6 @@ def run_config(base: str, spec: dict, run_dir: Path, common: list[str]):
 
 
 def compare(cfg, argv: list[str]) -> dict:
-    from ssl_zoo.federate import federate
-    from ssl_zoo.federated.algorithms import build_algorithm
-    from ssl_zoo.train import train
-
     start = time.time()
     base, runs = load_comparison(cfg.compare, cfg.compare_only)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -37,6 +37,8 @@ from ssl_zoo.config import replacing
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.algorithms.base import split_entries
 from ssl_zoo.federated.client import ClientUpdate, fit_client, private_state
+from ssl_zoo.federated.config import FedConfig
+from ssl_zoo.federated.federation import build_federation, finish_run
 from ssl_zoo.federated.loop import FedState, run_rounds
 
 log = logging.getLogger("ssl_zoo.federated")
@@ -90,8 +92,6 @@ def _remember(cfg, parts, clients, algorithm) -> tuple:
 def _federation(cfg):
     """Components, partitions and the algorithm, built once per process (Flower calls the app
     every round)."""
-    from ssl_zoo.federate import build_federation
-
     return _CACHE.get(_key(cfg)) or _remember(cfg, *build_federation(cfg))
 
 
@@ -239,7 +239,6 @@ def config_from_run(context: Context):
     """The ssl_zoo config of a deployed run: the YAMLs named by run config `config`, the other
     declared keys (`num-clients`, `rounds`, `output-dir`) as overrides, then `options`."""
     from ssl_zoo.config import parse_config
-    from ssl_zoo.federate import FedConfig
 
     run = dict(context.run_config)
     # `config` may name several YAMLs, comma-separated: a base and a method's recipe.
@@ -261,7 +260,6 @@ client_app = ClientApp()
 @server_app.main()
 def _deployed_server(grid: Grid, context: Context) -> None:
     from ssl_zoo.components import prepare_run_dir
-    from ssl_zoo.federate import finish_run
 
     start = time.time()
     cfg = config_from_run(context)
