@@ -1,7 +1,7 @@
 """Centralized pre-training: config -> data, views, method -> Lightning Trainer -> run directory.
 
-The run directory gets config.yaml (resolved), metrics.csv, checkpoints/last.ckpt, backbone.pt and
-summary.json; summary.json is written last, so its presence marks a finished run.
+The run directory gets config.yaml (resolved), metrics.csv, checkpoints/last.ckpt, backbone.pt,
+curves.png and summary.json; summary.json is written last, so its presence marks a finished run.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
 from ssl_zoo.config import TrainConfig, json_entry_point, replacing, write_atomically
 from ssl_zoo.cost import CostSoFar, EnergyMeter, StepFlops, TimeSplit, gflops, peak_rss_mb
+from ssl_zoo.curves import training_curves
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
@@ -185,6 +186,7 @@ def train(cfg: TrainConfig) -> dict | None:
             dataset=cfg.dataset,
             knn_top1=summary["knn_top1"],
         )
+        training_curves(run_dir, f"{cfg.method} on {cfg.dataset}, {cfg.backbone}")
         wandb = wandb_logger(loggers)
         if wandb is not None:
             finish_wandb(wandb, run_dir, summary)

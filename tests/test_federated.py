@@ -19,6 +19,7 @@ from conftest import ROOT, last_json_line, run_script
 
 from ssl_zoo.config import parse_config
 from ssl_zoo.cost import StepFlops
+from ssl_zoo.curves import column
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.federate import main as federate_main
 from ssl_zoo.federated.aggregate import WeightedMean, fedavg, from_wire, state_bytes, to_wire
@@ -214,8 +215,12 @@ def test_embedded_run_writes_rounds_partition_and_summary(tmp_path):
     # A client's steps take part of its fit; the rest is its fixed cost (Trainer, data, state).
     for r in rows[1:]:
         assert 0 < float(r["client_step_seconds"]) < float(r["train_seconds"]) / int(r["clients"])
-    for name in ("partition.csv", "partition.png", "fed_state.pt", "backbone.pt", "summary.json"):
+    for name in ("partition.csv", "partition.png", "fed_state.pt", "backbone.pt", "summary.json",
+                 "rounds.png"):  # fmt: skip
         assert (out / name).is_file(), name
+    # rounds.png: kNN from round 0 (initialisation), the clients' loss from round 1.
+    assert column(rows, "round", "knn_top1") == ([0, 1, 2], [float(r["knn_top1"]) for r in rows])
+    assert column(rows, "round", "train_loss")[0] == [1, 2]
     with (out / "partition.csv").open() as f:
         assert sum(int(r["images"]) for r in csv.DictReader(f)) == 96
 

@@ -15,6 +15,7 @@ from wandb_records import history_keys
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone
 from ssl_zoo.config import TrainConfig, parse_config
+from ssl_zoo.curves import column
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import read_csv_rows
 from ssl_zoo.methods import METHODS
@@ -48,6 +49,7 @@ def test_train_script_writes_a_finished_run(tmp_path):
     assert sum(split.values()) == pytest.approx(summary["seconds"], abs=0.2)
     for name in (
         "metrics.csv",
+        "curves.png",
         "config.yaml",
         "backbone.pt",
         "summary.json",
@@ -59,6 +61,11 @@ def test_train_script_writes_a_finished_run(tmp_path):
     knn = [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
     assert len(losses) == 8 and all(loss == loss for loss in losses)
     assert len(knn) == 3  # at initialisation and after each epoch
+    # curves.png plots them against the step, which (unlike the epoch column) tells the kNN at
+    # initialisation from the one after epoch 1.
+    steps, plotted = column(rows, "step", "val/knn_top1")
+    assert plotted == knn and steps[0] == 0 and steps == sorted(set(steps))
+    assert Image.open(out / "curves.png").size == (1000, 360)  # two panels side by side
     # Beside every kNN figure, what it cost so far: none at initialisation, 4 steps' FLOPs
     # after epoch 1, all 8 after epoch 2; energy climbing to (at most) the run's total.
     monitor = [r for r in rows if r.get("val/knn_top1")]
@@ -404,3 +411,17 @@ def test_ddp_on_two_processes_monitors_each_image_once_and_writes_once(tmp_path)
     assert resumed["knn_top1_init"] == summary["knn_top1_init"]
     knn_rows = [r for r in read_csv_rows(out / "metrics.csv") if r.get("val/knn_top1")]
     assert len(knn_rows) == 3  # at initialisation (not again on resume), after epochs 1 and 2
+
+
+@pytest.mark.parametrize(("method", "sizes"), [("simclr", [32, 32]), ("dino", [32, 32] + [16] * 6)])
+def test_view_grid_shows_each_image_beside_the_views_the_method_trains_on(tmp_path, method, sizes):
+    from ssl_zoo.view_grid import main as view_grid
+
+    out = tmp_path / "views.png"
+    summary = view_grid(["--method", method, "--train_samples", "64", "--test_samples", "16",
+                         "--images", "3", "--out", str(out)])  # fmt: skip
+    assert [v[1] for v in summary["views"]] == sizes and summary["images"] == 3
+    width, height = Image.open(out).size
+    assert (
+        width == 130 * (1 + len(sizes)) and height == 130 * 3
+    )  # a column per view, a row per image

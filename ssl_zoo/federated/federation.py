@@ -15,6 +15,7 @@ from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import Components, build_components
 from ssl_zoo.config import write_atomically
 from ssl_zoo.cost import EnergyMeter, peak_rss_mb
+from ssl_zoo.curves import round_curves
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.algorithms import Stack, build_algorithm
@@ -61,7 +62,8 @@ def finish_run(
     start: float,
     energy: EnergyMeter | None = None,
 ) -> dict:
-    """backbone.pt of the final global model and summary.json (written last: the run finished)."""
+    """backbone.pt of the final global model, rounds.png and summary.json (written last: the run
+    finished)."""
     parts.model.load_state_dict(state.global_state)
     save_backbone(run_dir / "backbone.pt", parts.model.backbone, parts.spec,
                   feature_dim=parts.model.feature_dim, **parts.model.checkpoint_meta,
@@ -95,5 +97,9 @@ def finish_run(
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),
     }
+    round_curves(
+        run_dir,
+        f"{cfg.method}, {cfg.fed_algorithm}, {cfg.partition} over {cfg.num_clients} clients",
+    )
     write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
