@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_zoo.cost import EnergyMeter, StepFlops
 from ssl_zoo.errors import UserError
-from ssl_zoo.train import main as train_main
+from ssl_zoo.jobs.train import main as train_main
 
 
 class TwoLinears(L.LightningModule):

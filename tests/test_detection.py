@@ -16,8 +16,8 @@ from ssl_zoo.detection.data import load_detection
 from ssl_zoo.detection.model import build_detector
 from ssl_zoo.detection.protocol import mean_average_precision
 from ssl_zoo.errors import run_main
-from ssl_zoo.evaluate import main as evaluate_main
-from ssl_zoo.train import main as train_main
+from ssl_zoo.jobs.evaluate import main as evaluate_main
+from ssl_zoo.jobs.train import main as train_main
 
 SHARED_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
 
@@ -101,7 +101,7 @@ def test_the_detector_holds_the_checkpoints_backbone(tmp_path):
         for p in trained.parameters():
             p.add_(0.5)  # far from any initialisation
     save_backbone(tmp_path / "backbone.pt", trained, spec, feature_dim=512)
-    from ssl_zoo.evaluate import EvalConfig, load_encoder
+    from ssl_zoo.jobs.evaluate import EvalConfig, load_encoder
 
     loaded, _, _ = load_encoder(EvalConfig(checkpoint=str(tmp_path / "backbone.pt")))
     random, _, _ = load_encoder(EvalConfig(checkpoint="random", backbone="timm:resnet10t"))

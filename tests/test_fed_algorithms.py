@@ -12,7 +12,6 @@ from lightly.loss import NTXentLoss
 from torch import nn
 
 from ssl_zoo.errors import UserError
-from ssl_zoo.federate import main as federate_main
 from ssl_zoo.federated.aggregate import state_bytes
 from ssl_zoo.federated.algorithms.base import target_keys
 from ssl_zoo.federated.algorithms.fedema import FedEMA
@@ -20,6 +19,7 @@ from ssl_zoo.federated.algorithms.fedu import FedU
 from ssl_zoo.federated.algorithms.fedx import fedx_terms
 from ssl_zoo.federated.algorithms.fusion import fusion_loss, matching_loss
 from ssl_zoo.federated.algorithms.ldawa import LayerCosineMean
+from ssl_zoo.jobs.federate import main as federate_main
 
 CFG = SimpleNamespace(fedema_tau=0.7, fedu_threshold=0.4)
 

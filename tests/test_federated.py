@@ -21,13 +21,13 @@ from ssl_zoo.config import parse_config
 from ssl_zoo.cost import StepFlops
 from ssl_zoo.curves import column
 from ssl_zoo.errors import UserError, run_main
-from ssl_zoo.federate import main as federate_main
 from ssl_zoo.federated.aggregate import WeightedMean, fedavg, from_wire, state_bytes, to_wire
 from ssl_zoo.federated.client import client_batch_size, fit_client, load_private
 from ssl_zoo.federated.config import FedConfig
 from ssl_zoo.federated.federation import build_federation
 from ssl_zoo.federated.flower import to_record, to_state
 from ssl_zoo.federated.partition import class_histograms, partition
+from ssl_zoo.jobs.federate import main as federate_main
 
 TINY = ["--dataset", "synthetic", "--train_samples", "96", "--test_samples", "40",
         "--backbone", "timm:resnet10t", "--batch_size", "16", "--num_workers", "0", "--knn_k", "10",
@@ -804,7 +804,7 @@ def test_shipped_comparisons_name_valid_runs(tmp_path, name):
     """Every run of the shipped comparison files parses into a valid config whose algorithm fits
     its method (no training)."""
     from ssl_zoo.federated.algorithms import build_algorithm
-    from ssl_zoo.federated.compare import centralized_config, load_comparison, run_config
+    from ssl_zoo.jobs.compare import centralized_config, load_comparison, run_config
 
     base, runs = load_comparison(f"configs/federated/{name}")
     methods = set()

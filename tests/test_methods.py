@@ -9,8 +9,8 @@ from conftest import tiny_args
 from ssl_zoo.backbones import BackboneSpec
 from ssl_zoo.data import SSLDataModule, load_splits
 from ssl_zoo.errors import UserError, run_main
+from ssl_zoo.jobs.train import main as train_main
 from ssl_zoo.methods import METHODS, build_method, method_options
-from ssl_zoo.train import main as train_main
 from ssl_zoo.views import build_views
 
 SPEC = BackboneSpec("timm:resnet10t")

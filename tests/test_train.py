@@ -17,9 +17,9 @@ from ssl_zoo.backbones import BackboneSpec, build_backbone
 from ssl_zoo.config import TrainConfig, parse_config
 from ssl_zoo.curves import column
 from ssl_zoo.errors import UserError, run_main
+from ssl_zoo.jobs.train import main
 from ssl_zoo.loggers import read_csv_rows
 from ssl_zoo.methods import METHODS
-from ssl_zoo.train import main
 
 SUMMARY_KEYS = {"method", "dataset", "backbone", "epochs", "knn_top1_init", "knn_top1", "run_dir",
                 "seconds", "gflops_per_step", "gflops", "peak_rss_mb", "energy_kwh", "energy_method",

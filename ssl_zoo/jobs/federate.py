@@ -1,5 +1,5 @@
 """federate.py's command line: one federated run (ssl_zoo.federated.run) or, with --compare,
-several side by side (ssl_zoo.federated.compare)."""
+several side by side (ssl_zoo.jobs.compare)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = parse_config(FedConfig, argv, prog="federate.py")
     if cfg.compare:
-        from ssl_zoo.federated.compare import compare
+        from ssl_zoo.jobs.compare import compare
 
         summary = compare(cfg, sys.argv[1:] if argv is None else argv)
     else:

@@ -27,7 +27,7 @@ from ssl_zoo.errors import UserError
 from ssl_zoo.federated.algorithms import build_algorithm
 from ssl_zoo.federated.config import FedConfig
 from ssl_zoo.federated.run import federate
-from ssl_zoo.train import train
+from ssl_zoo.jobs.train import train
 
 
 def load_comparison(path: str, only: str | None = None) -> tuple[str, list[dict]]:
