@@ -13,6 +13,7 @@ would, batched or PIL (`--augment`).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,9 @@ import torch
 from torchvision.transforms.functional import to_pil_image
 
 from ssl_zoo.components import build_components
-from ssl_zoo.config import TrainConfig, parse_config
+from ssl_zoo.config import TrainConfig, make_output_dir, parse_config
 from ssl_zoo.data import uint8_images
-from ssl_zoo.errors import run_main
+from ssl_zoo.errors import UserError, run_main
 
 
 @dataclass
@@ -83,14 +84,25 @@ def plot_grid(images: torch.Tensor, views: list[torch.Tensor], path: Path, title
                 ax.set_title("image" if col == 0 else f"view {col} ({size})", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
+def check_out(path: Path) -> None:
+    """Before any work: a picture that could not be written would waste the views made for it."""
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; name a .png file")
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out {path}: the picture is a PNG; name a .png file")
+    make_output_dir(path.parent)
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"--out {path}: {path.parent} is not writable")
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(ViewGridConfig, argv, prog="python -m ssl_zoo.view_grid")
+    check_out(Path(cfg.out))
     images, views, parts = make_views(cfg)
     title = f"{cfg.method} views of {cfg.dataset} ({parts.model.views} pipeline, {cfg.augment})"
     path = plot_grid(images, views, Path(cfg.out), title)

@@ -425,3 +425,19 @@ def test_view_grid_shows_each_image_beside_the_views_the_method_trains_on(tmp_pa
     assert (
         width == 130 * (1 + len(sizes)) and height == 130 * 3
     )  # a column per view, a row per image
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [("dir", "is a directory"), ("views.jpg", "is a PNG"), ("file.txt/views.png", "is a file")],
+)
+def test_view_grid_refuses_an_unwritable_picture_before_any_work(tmp_path, capsys, out, message):
+    from ssl_zoo.view_grid import main as view_grid
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file.txt").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(view_grid, ["--out", str(tmp_path / out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1] and "Traceback" not in err
