@@ -283,3 +283,22 @@ def test_resume_keeps_each_algorithms_client_and_server_state(tmp_path, algorith
         )  # 2 clients, 2 rounds
         initial = build_federation(cfg)[0].model.state_dict()  # seeded: the run's first model
         assert all(torch.equal(a[k], initial[k]) for k in kept)  # never uploaded nor averaged
+
+
+def test_shared_moments_take_the_parameters_memory_layout():
+    """Moments arrive contiguous (Flower's records); a channels_last weight must get them in its
+    own layout, or a fused AdamW step pairs each weight with another element's moment."""
+    from types import SimpleNamespace
+
+    from ssl_zoo.federated.algorithms.shared_optimizer import load_optimizer_tensors
+
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(conv.parameters(), fused=True)
+    moment = torch.randn(4, 3, 3, 3)
+    load_optimizer_tensors(SimpleNamespace(optimizers=[optimizer]), {
+        "optimizer/0.0.exp_avg": moment, "optimizer/0.0.exp_avg_sq": moment.abs(),
+        "optimizer/0.0.step": torch.tensor(3.0)})  # fmt: skip
+    state = optimizer.state[conv.weight]
+    assert state["exp_avg"].stride() == conv.weight.stride() != moment.stride()
+    assert torch.equal(state["exp_avg"], moment) and float(state["step"]) == 3.0
+    assert conv.bias not in optimizer.state  # no entries for it: it starts fresh

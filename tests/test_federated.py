@@ -176,6 +176,25 @@ def test_a_client_trains_local_epochs_worth_of_steps_fractions_included(local_ep
     assert update.flops == steps * counter.per_step > 0
 
 
+def test_shared_optimizer_state_continues_adamw_across_rounds(tmp_path):
+    """With --share_optimizer_state a client's AdamW starts round 2 from the mean of round 1's
+    clients' moments: the step count the server holds after 2 rounds of 6 steps is 12, not 6, and
+    every trainable parameter's two moments travel (bytes about triple)."""
+    plain = federate_main([*TINY, "--method", "simclr", "--output_dir", str(tmp_path / "plain")])
+    out = tmp_path / "shared"
+    shared = federate_main([*TINY, "--method", "simclr", "--share_optimizer_state",
+                            "--output_dir", str(out)])  # fmt: skip
+    server = torch.load(out / "fed_state.pt", weights_only=False)["algorithm"]
+    carried = server["shared_optimizer_state"]
+    mean = {k: v / carried["clients"] for k, v in carried["sum"].items()}  # round 2's, not sent yet
+    steps = {float(v) for k, v in mean.items() if k.endswith(".step")}
+    assert steps == {12.0}  # 48 images at batch 8, 2 rounds
+    cfg, parts, _, _ = tiny_federation("--method", "simclr")
+    trainable = sum(1 for p in parts.model.parameters() if p.requires_grad)
+    assert sum(k.endswith(".exp_avg_sq") for k in mean) == trainable
+    assert 2.5 < shared["bytes_up"] / plain["bytes_up"] < 3.1
+
+
 @pytest.mark.parametrize(
     ("args", "images", "expected"),
     [
@@ -336,12 +355,14 @@ SLOW = pytest.mark.slow
     # suite runs it and fusion; the others are slow (about 35 s each).
     [pytest.param("fedavg", "simsiam", marks=SLOW), ("fedema", "byol"), ("fusion", "simclr"),
      pytest.param("fedu", "byol", marks=SLOW), pytest.param("ldawa", "simsiam", marks=SLOW),
-     pytest.param("fedx", "simclr", marks=SLOW)],
+     pytest.param("fedx", "simclr", marks=SLOW),
+     pytest.param("fedavg --share_optimizer_state", "simclr", marks=SLOW)],
 )  # fmt: skip
 def test_flower_simulation_matches_the_embedded_loop(tmp_path, algorithm, method):
     """Every algorithm's hooks run through both engines: private client state (FedEMA), payloads
-    both ways (fusion's features), a loss term (FedX), the server rule (L-DAWA)."""
-    args = [*TINY, "--method", method, "--fed_algorithm", algorithm]
+    both ways (fusion's features, the shared optimizer state), a loss term (FedX), the server
+    rule (L-DAWA)."""
+    args = [*TINY, "--method", method, "--fed_algorithm", *algorithm.split()]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in Flower's actors (one CPU each): same float reduction order
     try:

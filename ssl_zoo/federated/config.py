@@ -56,6 +56,9 @@ class FedConfig(RunConfig):
             fusion (feature fusion + neighbourhood matching, Wu et al.; shares features).
         fedbn: Keep BatchNorm layers local to each client (FedBN), beside any algorithm.
         fedprox_mu: Weight of FedProx's proximal term (0: none), beside any algorithm.
+        share_optimizer_state: Clients start each round from the mean of the optimizer states
+            (AdamW's moments) the last round's clients ended with, instead of fresh ones, beside
+            any algorithm; about triples the bytes each way.
         fedema_tau: FedEMA's tau: the EMA weight of a client's first merge (lambda = tau / divergence).
         fedu_threshold: FedU's divergence below which the predictor is taken from the server.
         shared_features: fusion: how many normalised features of its images a client uploads
@@ -88,6 +91,7 @@ class FedConfig(RunConfig):
     fed_algorithm: str = "fedavg"
     fedbn: bool = False
     fedprox_mu: float = 0.0
+    share_optimizer_state: bool = False
     fedema_tau: float = 0.7
     fedu_threshold: float = 0.4
     shared_features: int = 1024

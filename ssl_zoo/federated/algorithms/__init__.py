@@ -1,5 +1,6 @@
 """Federated SSL algorithms, one file each, as hooks on FedAlgorithm (base.py): --fed_algorithm
-picks one; FedProx (--fedprox_mu) and FedBN (--fedbn) apply beside any of them."""
+picks one; FedProx (--fedprox_mu), FedBN (--fedbn) and a shared optimizer state
+(--share_optimizer_state) apply beside any of them."""
 
 from ssl_zoo.federated.algorithms.base import FedAlgorithm, Stack
 from ssl_zoo.federated.algorithms.fedavg import FedAvg
@@ -10,6 +11,7 @@ from ssl_zoo.federated.algorithms.fedu import FedU
 from ssl_zoo.federated.algorithms.fedx import FedX
 from ssl_zoo.federated.algorithms.fusion import Fusion
 from ssl_zoo.federated.algorithms.ldawa import LDAWA
+from ssl_zoo.federated.algorithms.shared_optimizer import SharedOptimizerState
 
 ALGORITHMS: dict[str, type[FedAlgorithm]] = {
     a.name: a for a in (FedAvg, FedEMA, FedU, LDAWA, FedX, Fusion)
@@ -22,4 +24,6 @@ def build_algorithm(cfg) -> Stack:
         chosen.append(FedProx(cfg))
     if cfg.fedbn:
         chosen.append(FedBN(cfg))
+    if cfg.share_optimizer_state:
+        chosen.append(SharedOptimizerState(cfg))
     return Stack(chosen)
