@@ -68,7 +68,9 @@ class CarryOptimizerState(L.Callback):
 
 class SharedOptimizerState(FedAlgorithm):
     name = "shared_optimizer_state"
-    paper = "https://arxiv.org/abs/2003.00295"  # Reddi et al.: adaptive optimizers in FL
+    # The nearest reference, not the source: adaptive optimizers in FL (Reddi et al., 2021).
+    # Averaging the clients' own moments is this project's lever, measured in docs/.
+    paper = "https://arxiv.org/abs/2003.00295"
 
     def __init__(self, cfg):
         super().__init__(cfg)
