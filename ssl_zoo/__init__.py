@@ -32,9 +32,7 @@ def arguments(configs: tuple[str, ...], options: dict) -> list[str]:
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif value is None or isinstance(value, dict | list | tuple):
-            text = json.dumps(
-                value if not isinstance(value, tuple) else list(value)
-            )  # YAML reads JSON
+            text = json.dumps(value)  # YAML reads JSON (a tuple as a list)
         else:
             text = str(value)
         argv += [f"--{key}", text]

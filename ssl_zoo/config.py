@@ -50,13 +50,14 @@ def check_accelerator(name: str, present: bool = False) -> None:
         )
 
 
-def make_output_dir(path: Path) -> None:
+def make_output_dir(path: Path, flag: str = "--output_dir") -> None:
+    """Create a directory a run writes into; `flag` is the option that named it (for the message)."""
     if path.exists() and not path.is_dir():
-        raise UserError(f"--output_dir {path} is a file; name a directory")
+        raise UserError(f"{flag} {path} is a file; name a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create --output_dir {path}: {err.strerror}") from err
+        raise UserError(f"cannot create {flag} {path}: {err.strerror}") from err
 
 
 @contextmanager

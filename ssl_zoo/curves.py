@@ -25,10 +25,8 @@ def plot_panels(path: Path, title: str, panels: list[tuple[str, str, Series]]) -
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=100)
-    for ax, (xlabel, ylabel, series) in zip(
-        list(getattr(axes, "flat", [axes])), panels, strict=True
-    ):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=100, squeeze=False)
+    for ax, (xlabel, ylabel, series) in zip(axes[0], panels, strict=True):
         for label, (xs, ys) in series.items():
             if xs:
                 ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)

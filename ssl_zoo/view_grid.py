@@ -47,7 +47,7 @@ class ViewGridConfig(TrainConfig):
 
 
 def make_views(cfg: ViewGridConfig) -> tuple[torch.Tensor, list[torch.Tensor], dict]:
-    """(the chosen images as uint8, each view as a float batch in [0, 1], the method's name)."""
+    """(the chosen images as uint8, each view as a float batch in [0, 1], the run's components)."""
     L.seed_everything(cfg.seed, verbose=False)
     parts = build_components(cfg)
     train = parts.splits.train
@@ -95,7 +95,7 @@ def check_out(path: Path) -> None:
         raise UserError(f"--out {path} is a directory; name a .png file")
     if path.suffix.lower() != ".png":
         raise UserError(f"--out {path}: the picture is a PNG; name a .png file")
-    make_output_dir(path.parent)
+    make_output_dir(path.parent, flag=f"the folder of --out {path}:")
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"--out {path}: {path.parent} is not writable")
 

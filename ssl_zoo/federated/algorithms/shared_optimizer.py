@@ -22,26 +22,30 @@ from ssl_zoo.federated.algorithms.base import FedAlgorithm
 PREFIX = "optimizer/"
 
 
-def optimizer_tensors(trainer: L.Trainer) -> dict[str, Tensor]:
-    """The optimizers' per-parameter state as named tensors: optimizer/<opt>.<param>.<key>."""
-    out = {}
+def parameters(trainer: L.Trainer):
+    """(optimizer index, parameter index, optimizer, parameter): the order names the state."""
     for o, optimizer in enumerate(trainer.optimizers):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         for i, param in enumerate(params):
-            for key, value in optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value):
-                    out[f"{PREFIX}{o}.{i}.{key}"] = value.detach().cpu().clone()
+            yield o, i, optimizer, param
+
+
+def optimizer_tensors(trainer: L.Trainer) -> dict[str, Tensor]:
+    """The optimizers' per-parameter state as named tensors: optimizer/<opt>.<param>.<key>."""
+    out = {}
+    for o, i, optimizer, param in parameters(trainer):
+        for key, value in optimizer.state.get(param, {}).items():
+            if torch.is_tensor(value):
+                out[f"{PREFIX}{o}.{i}.{key}"] = value.detach().cpu().clone()
     return out
 
 
 def load_optimizer_tensors(trainer: L.Trainer, tensors: dict[str, Tensor]) -> None:
-    for o, optimizer in enumerate(trainer.optimizers):
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        for i, param in enumerate(params):
-            head = f"{PREFIX}{o}.{i}."
-            state = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
-            if state:
-                optimizer.state[param] = {k: like(param, v) for k, v in state.items()}
+    for o, i, optimizer, param in parameters(trainer):
+        head = f"{PREFIX}{o}.{i}."
+        state = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+        if state:
+            optimizer.state[param] = {k: like(param, v) for k, v in state.items()}
 
 
 def like(param: Tensor, value: Tensor) -> Tensor:
