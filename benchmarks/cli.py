@@ -1,13 +1,18 @@
 """What the benchmarks share as command-line programs: argparse types, so that a value out of
 range is one line and exit code 2 before any run starts (instead of a table of failed rows or a
-hang), and publishing a table only when every run in it succeeded."""
+hang), and publishing a table (to its file and between its markers in the docs, see
+ssl_zoo/published.py) only when every run in it succeeded."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from ssl_zoo.errors import UserError
+from ssl_zoo.published import require_markers, stamp, write_table
 
 
 def run_arguments(parser: argparse.ArgumentParser, runs: str, out: str) -> None:
@@ -19,6 +24,27 @@ def run_arguments(parser: argparse.ArgumentParser, runs: str, out: str) -> None:
     parser.add_argument("--data_dir", default=str(root.parent / "shared" / "data" / "cifar10-12k"))
     parser.add_argument("--runs", default=runs)
     parser.add_argument("--out", default=out)
+
+
+def docs_argument(parser: argparse.ArgumentParser, table: str, default: str) -> None:
+    parser.add_argument("--docs", type=listed(str), default=default,
+                        help=f"pages whose '{table}' table this replaces ('' for none)")  # fmt: skip
+
+
+def docs_writers(parser: argparse.ArgumentParser, pages: list[str], table: str) -> list[Callable]:
+    """Writers of the table into each --docs page. A page without the table's markers is a usage
+    error now, before any run, not after hours of them."""
+    for page in pages:
+        try:
+            require_markers(Path(page), table)
+        except UserError as error:
+            parser.error(str(error))
+    return [lambda text, page=page: write_table(Path(page), table, text) for page in pages]
+
+
+def command_stamp(script: str) -> str:
+    """The date, machine and this command, to head a published table."""
+    return stamp(shlex.join(["python", script, *sys.argv[1:]]))
 
 
 def publish(text: str, rows: list[dict], *writers: Callable[[str], object]) -> bool:

@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cli import at_least, listed, method_name, publish, run_arguments  # noqa: E402
+from benchmarks.cli import (  # noqa: E402
+    at_least,
+    command_stamp,
+    listed,
+    method_name,
+    publish,
+    run_arguments,
+)
 from benchmarks.recipes import run_method  # noqa: E402
 from ssl_zoo.loggers import read_csv_rows  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
@@ -35,17 +39,6 @@ from ssl_zoo.methods import METHODS  # noqa: E402
 # The four methods of Famá et al.'s edge-energy benchmark, which found SimCLR the cheapest.
 EDGE_METHODS = "simclr,mocov2,simsiam,barlowtwins"
 EDGE_BACKBONES = "timm:resnet10t,timm:mobilenetv3_small_100"
-
-
-def cpu_name() -> str:
-    """The CPU's model (figures from different CPUs are not comparable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def monitor_curve(run_dir: Path) -> list[dict]:
@@ -159,9 +152,9 @@ def main() -> None:
         fits = backbone.startswith("timm:resnet")
         run_extra = extra if fits else ["--backbone_args", "{}", *extra]
         rows.append(cost_row(backbone, run_method(method, settings, run_extra), args.target))
-    title = (f"{date.today()}, {cpu_name()} with {os.cpu_count()} "
-             f"CPUs, configs/methods/<name>.yaml --dataset {args.dataset} --data_dir {args.data_dir} "
-             f"--max_time {args.minutes:g} {' '.join(extra)}")  # fmt: skip
+    title = (f"{command_stamp('benchmarks/cost.py')}: each method's configs/methods/<name>.yaml "
+             f"on --dataset {args.dataset} --data_dir {args.data_dir} --max_time {args.minutes:g} "
+             f"{' '.join(extra)}")  # fmt: skip
     written = publish(table(rows, title, args.target), rows, Path(args.out).write_text,
                       lambda _: plot(rows, Path(args.plot), args.target))  # fmt: skip
     print(json.dumps({"title": title, "target": args.target,

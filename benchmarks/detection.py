@@ -7,27 +7,24 @@ same budget (epochs over the labeled images), and both against all labels.
 
 The pretraining is `train.py --config configs/detection/pretrain-scenes.yaml`, each detection run
 `evaluate.py --config configs/detection/scenes.yaml`, each in a process of its own; finished runs
-(summary.json, results.json) under --runs are reused. Writes the markdown table to --out and into
-docs/detection.md between its markers, and ends with one JSON line of all rows.
+(summary.json, results.json) under --runs are reused. Writes the markdown table to --out and
+between the `detection` markers of the --docs pages (docs/detection.md), and ends with one JSON
+line of all rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cli import command_stamp, docs_argument, docs_writers, listed, publish  # noqa: E402
 from benchmarks.cli import fraction as label_fraction  # noqa: E402
-from benchmarks.cli import listed, publish  # noqa: E402
 
 # A run of seconds that exercises every step (tests, a first look).
 QUICK_PRETRAIN = ["--train_samples", "32", "--test_samples", "16", "--image_size", "32",
@@ -35,7 +32,10 @@ QUICK_PRETRAIN = ["--train_samples", "32", "--test_samples", "16", "--image_size
                   "--knn_k", "5", "--num_workers", "0"]  # fmt: skip
 QUICK_DETECTION = ["--train_samples", "16", "--test_samples", "8", "--det_size", "64",
                    "--det_epochs", "1", "--num_workers", "0"]  # fmt: skip
-MARKERS = ("<!-- detection table -->", "<!-- /detection table -->")
+
+
+# The pages whose `detection` table this benchmark writes (tests/test_benchmarks.py checks them).
+DOCS = "docs/detection.md"
 
 
 def run(script: str, args: list[str], done: Path) -> dict:
@@ -65,15 +65,6 @@ def table(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_between_markers(path: Path, text: str) -> None:
-    page = path.read_text()
-    start, end = MARKERS
-    if start not in page or end not in page:
-        raise SystemExit(f"error: {path} lacks the markers {start} ... {end}")
-    pattern = re.escape(start) + ".*?" + re.escape(end)
-    path.write_text(re.sub(pattern, lambda _: f"{start}\n{text}{end}", page, flags=re.S))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fractions", type=listed(label_fraction), default="0.1,1.0",
@@ -81,8 +72,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, not hours")
     parser.add_argument("--runs", default="runs/bench-detection")
     parser.add_argument("--out", default="benchmarks/detection.md")
-    parser.add_argument("--docs", default="docs/detection.md", help="page whose table to replace")
+    docs_argument(parser, "detection", default=DOCS)
     args = parser.parse_args()
+    to_docs = docs_writers(parser, args.docs, "detection")
     fractions = args.fractions
     runs = Path(args.runs)
     pretrain = runs / "pretrain"
@@ -103,13 +95,10 @@ def main() -> None:
                                         *(QUICK_DETECTION if args.quick else []),
                                         "--output_dir", str(out)], out / "results.json")  # fmt: skip
             rows.append({**found, "init": name, "backbone": backbone, "label_fraction": fraction})
-    title = (f"{date.today()}, {platform.machine()} with {os.cpu_count()} CPUs, "
-             f"`python benchmarks/detection.py --fractions {','.join(f'{f:g}' for f in args.fractions)}"
-             f"{' --quick' if args.quick else ''}`; pretraining: kNN "
+    title = (f"{command_stamp('benchmarks/detection.py')}; pretraining: kNN "
              f"{summary['knn_top1_init']:.3f} -> {summary['knn_top1']:.3f} (largest object), "
              f"{summary['seconds']} s")  # fmt: skip
-    written = publish(table(rows, title), rows, Path(args.out).write_text,
-                      lambda text: write_between_markers(Path(args.docs), text))  # fmt: skip
+    written = publish(table(rows, title), rows, Path(args.out).write_text, *to_docs)
     print(json.dumps({"title": title, "pretrain": summary, "rows": rows}))
     if not written:
         sys.exit(1)

@@ -10,18 +10,17 @@ Arguments after `--` go to every train.py run. Each run is a separate process, s
 memory or threads never affect the next. A method whose run directory already holds a finished
 run (summary.json) with the same settings is not trained again; a run of other settings (an
 edited config, say) is reported, not overwritten: delete runs/recipes/<name> to redo it. Writes the
-markdown table to --out and ends with a one-line JSON summary of all rows; exits 1 if a run failed.
+markdown table to --out and between the `recipes` markers of the --docs pages (README.md and
+docs/methods.md), and ends with a one-line JSON summary of all rows; exits 1 if a run failed
+(and then writes no table).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import yaml
@@ -29,9 +28,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cli import listed, method_name, publish, run_arguments  # noqa: E402
+from benchmarks.cli import (  # noqa: E402
+    command_stamp,
+    docs_argument,
+    docs_writers,
+    listed,
+    method_name,
+    publish,
+    run_arguments,
+)
 from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
+
+# The pages whose `recipes` table this benchmark writes (tests/test_benchmarks.py checks them).
+DOCS = "README.md,docs/methods.md"
 
 
 def run_method(method: str, args: argparse.Namespace, extra: list[str]) -> dict:
@@ -98,16 +108,18 @@ def main() -> None:
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
     parser.add_argument("--backbone", default="timm:resnet18")
     run_arguments(parser, runs="runs/recipes", out="benchmarks/recipes.md")
+    docs_argument(parser, "recipes", default=DOCS)
     args = parser.parse_args(argv)
+    to_docs = docs_writers(parser, args.docs, "recipes")
     methods = args.methods
     rows = []
     for method in methods:
         print(f"[{len(rows) + 1}/{len(methods)}] {method} ...", file=sys.stderr, flush=True)
         rows.append(run_method(method, args, extra))
-    title = (f"{date.today()}, {platform.machine()} with {os.cpu_count()} CPUs, "
-             f"configs/methods/<name>.yaml --dataset {args.dataset} --data_dir {args.data_dir} "
-             f"--backbone {args.backbone} --max_time {args.minutes:g} {' '.join(extra)}")  # fmt: skip
-    written = publish(table(rows, title), rows, Path(args.out).write_text)
+    title = (f"{command_stamp('benchmarks/recipes.py')}: each method's configs/methods/<name>.yaml "
+             f"on --dataset {args.dataset} --data_dir {args.data_dir} --backbone {args.backbone} "
+             f"--max_time {args.minutes:g} {' '.join(extra)}, one at a time")  # fmt: skip
+    written = publish(table(rows, title), rows, Path(args.out).write_text, *to_docs)
     print(json.dumps({"title": title, "rows": rows}))
     if not written:
         sys.exit(1)

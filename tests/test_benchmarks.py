@@ -2,9 +2,12 @@
 
 import runpy
 import sys
+from datetime import date
 
 import pytest
 from conftest import ROOT, last_json_line, run_script
+
+from ssl_zoo.published import marked_tables, markers
 
 TINY_TRAIN = ["--train_samples", "64", "--test_samples", "40", "--batch_size", "16",
               "--max_epochs", "1", "--num_workers", "0", "--knn_k", "10"]  # fmt: skip
@@ -18,17 +21,47 @@ def run_here(monkeypatch, capsys, script: str, *args: str):
     return capsys.readouterr()
 
 
+def copies_of_the_pages(tmp_path, pages: str) -> list:
+    """Copies of the docs pages a benchmark writes, to regenerate in a test."""
+    copies = []
+    for page in pages.split(","):
+        copy = tmp_path / "pages" / page
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text((ROOT / page).read_text())
+        copies.append(copy)
+    return copies
+
+
+def outside_the_markers(page, name: str) -> str:
+    start, end = markers(name)
+    text = page.read_text()
+    return text[: text.index(start)] + text[text.index(end) :]
+
+
 def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, monkeypatch, capsys):
+    """Also the quick regeneration of the README's and docs/methods.md's recipes tables."""
+    from benchmarks.recipes import DOCS
+
     table = tmp_path / "recipes.md"
+    pages = copies_of_the_pages(tmp_path, DOCS)
     args = ["--methods", "simclr", "--minutes", "5", "--dataset", "synthetic", "--data_dir", "",
             "--backbone", "timm:resnet10t", "--runs", str(tmp_path / "runs"), "--out", str(table),
-            "--", *TINY_TRAIN]  # fmt: skip
+            "--docs", ",".join(map(str, pages)), "--", *TINY_TRAIN]  # fmt: skip
 
     first = run_script("benchmarks/recipes.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     trained = last_json_line(first.stdout)["rows"][0]
     assert trained["method"] == "simclr" and 0 <= trained["knn_top1"] <= 1, trained
     assert (tmp_path / "runs" / "simclr" / "summary.json").is_file()
+    written = table.read_text()
+    assert (
+        written.startswith(str(date.today()))
+        and "`python benchmarks/recipes.py --methods" in written
+    )
+    for page in pages:  # the table replaced what lay between the markers, and nothing else
+        original = ROOT / page.relative_to(tmp_path / "pages")
+        assert f"{markers('recipes')[0]}\n{written}{markers('recipes')[1]}" in page.read_text()
+        assert outside_the_markers(page, "recipes") == outside_the_markers(original, "recipes")
 
     # The reruns train nothing: run in this process, they spare two interpreter starts (~16 s).
     again = run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args)
@@ -46,6 +79,7 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     # ... and the failed row is shown, never written over the published table.
     assert "failed" in err and "the table was not written" in err
     assert table.read_text() == published
+    assert all(written in page.read_text() for page in pages)
 
 
 @pytest.mark.parametrize(
@@ -163,3 +197,24 @@ def test_detection_benchmark_writes_its_table_between_the_markers(tmp_path):
     page = docs.read_text()
     assert "old" not in page and page.endswith("<!-- /detection table -->\nafter\n")
     assert (tmp_path / "table.md").read_text() in page
+
+
+def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
+    """No results table in README or docs/ is typed by hand: each one marked there is written by
+    a benchmark or a shipped comparison (which check their markers before any run), and each
+    page a benchmark or comparison writes holds its markers."""
+    from benchmarks.detection import DOCS as DETECTION
+    from benchmarks.recipes import DOCS as RECIPES
+    from ssl_zoo.jobs.compare import read_comparison
+
+    written = {(page, "recipes") for page in RECIPES.split(",")}
+    written |= {(page, "detection") for page in DETECTION.split(",")}
+    for comparison in sorted((ROOT / "configs" / "federated").glob("compare*.yaml")):
+        written |= set(read_comparison(str(comparison.relative_to(ROOT)))[2])
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    marked = {(str(p.relative_to(ROOT)), name) for p in pages for name in marked_tables(p)}
+    assert marked == written
+    assert {"README.md"} < {page for page, _ in marked}  # the README's tables are among them
+    for page, name in marked:  # one pair of markers per table
+        text = (ROOT / page).read_text()
+        assert [text.count(m) for m in markers(name)] == [1, 1], (page, name)

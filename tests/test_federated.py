@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -497,28 +498,55 @@ def test_bad_config_is_one_line_and_nonzero(tmp_path, capsys, args, message):
 
 
 def test_comparison_writes_csv_markdown_and_plot(tmp_path):
+    """Also the quick regeneration of a comparison's published tables."""
     out = tmp_path / "cmp"
+    at = TINY.index("--partition")
+    tiny = TINY[:at] + TINY[at + 2 :]  # each run names its split
     spec = tmp_path / "compare.yaml"
+    page = tmp_path / "page.md"
     spec.write_text(
+        f"publish: {{{page}: [runs, by-split, by-epoch]}}\n"
         "base: configs/federated/quickstart.yaml\n"
         "runs:\n"
         "  - {name: fed-iid, partition: iid}\n"
+        "  - {name: fed-shards, partition: shards, classes_per_client: 2}\n"
         "  - {name: central, centralized: true}\n"
     )
-    summary = federate_main(["--compare", str(spec), "--output_dir", str(out), *TINY,
+    page.write_text("# results\n<!-- compare table -->\n<!-- /compare table -->\n")
+    with pytest.raises(UserError, match="lacks the markers <!-- compare-by-split table -->"):
+        federate_main(["--compare", str(spec), "--output_dir", str(out)])  # before any run
+    assert not out.exists()
+    tables = "".join(f"<!-- compare{k} table -->\nold\n<!-- /compare{k} table -->\n"
+                     for k in ("", "-by-split", "-by-epoch"))  # fmt: skip
+    page.write_text(f"# results\n{tables}after\n")
+    summary = federate_main(["--compare", str(spec), "--output_dir", str(out), *tiny,
                              "--rounds", "2"])  # fmt: skip
-    assert [r["name"] for r in summary["runs"]] == ["fed-iid", "central"]
-    central = summary["runs"][1]
+    published = page.read_text()
+    assert "old" not in published and published.endswith("after\n")
+    assert (out / "comparison.md").read_text() in published
+    assert "`python federate.py --compare " in published and str(date.today()) in published
+    assert (
+        "| method | algorithm | kNN init | IID | 2-class shards | centralized | IID - centralized |"
+        in published
+    )
+    federated, central = summary["runs"][0], summary["runs"][2]
+    gap = f"{100 * (federated['knn_top1'] - central['knn_top1']):+.1f}"
+    assert f"| {central['knn_top1']:.3f} | {gap} |" in published  # by split, beside centralized
+    assert (
+        f"| fed-iid | {federated_knn_after(out, 'fed-iid', 1):.3f} | {federated['knn_top1']:.3f} | {gap} |"
+        in published
+    )
+    assert [r["name"] for r in summary["runs"]] == ["fed-iid", "fed-shards", "central"]
     assert central["kind"] == "centralized" and central["epochs"] == 2  # equal compute
     assert summary["runs"][0]["epochs"] == 2.0  # 2 rounds x 1 local epoch x all images
     with (out / "comparison.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 2
+        assert len(list(csv.DictReader(f))) == 3
     assert "| fed-iid | federated (embedded) |" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 5_000
     assert (out / "fed-iid" / "run" / "rounds.csv").is_file()
     # Rerun into the same folder: finished runs are reused, not trained again.
     again = federate_main(
-        ["--compare", str(spec), "--output_dir", str(out), *TINY, "--rounds", "2"]
+        ["--compare", str(spec), "--output_dir", str(out), *tiny, "--rounds", "2"]
     )
     assert [r["knn_top1"] for r in again["runs"]] == [r["knn_top1"] for r in summary["runs"]]
     assert again["seconds"] < summary["seconds"] / 2
@@ -529,18 +557,24 @@ def test_comparison_writes_csv_markdown_and_plot(tmp_path):
     del saved["energy_args"], saved["track_energy"]
     saved_path.write_text(yaml.safe_dump(saved))
     older = federate_main(
-        ["--compare", str(spec), "--output_dir", str(out), *TINY, "--rounds", "2"]
+        ["--compare", str(spec), "--output_dir", str(out), *tiny, "--rounds", "2"]
     )
     assert older["runs"][0]["knn_top1"] == summary["runs"][0]["knn_top1"]
     # A subset by name: only the matching runs, reused, and a report of those alone.
     subset = federate_main(["--compare", str(spec), "--compare_only", "central,nothing-*",
-                            "--output_dir", str(out), *TINY, "--rounds", "2"])  # fmt: skip
+                            "--output_dir", str(out), *tiny, "--rounds", "2"])  # fmt: skip
     assert [r["name"] for r in subset["runs"]] == ["central"]
     assert "fed-iid" not in (out / "comparison.md").read_text()
+    assert page.read_text() == published  # a subset is never published
     with pytest.raises(UserError, match="matches none"):
         federate_main(["--compare", str(spec), "--compare_only", "x*", "--output_dir", str(out)])
     with pytest.raises(UserError, match="other settings"):
-        federate_main(["--compare", str(spec), "--output_dir", str(out), *TINY, "--rounds", "3"])
+        federate_main(["--compare", str(spec), "--output_dir", str(out), *tiny, "--rounds", "3"])
+
+
+def federated_knn_after(out, run: str, round_: int) -> float:
+    with (out / run / "run" / "rounds.csv").open() as f:
+        return float(next(r for r in csv.DictReader(f) if int(r["round"]) == round_)["knn_top1"])
 
 
 def test_federation_keys_chain_to_their_ca_and_load_as_flowers_supernode_keys(tmp_path):

@@ -7,6 +7,13 @@ method's recipe, configs/methods/NAME.yaml, or a list of files) and the options 
 epochs, the epochs-equivalent of the federated runs (the passes over the data their clients make
 together), so each federated curve is drawn against a centralized one of equal compute. Flags given on
 the command line next to --compare apply to every run.
+
+A comparison file may also name where its tables are published: `publish: {PAGE: [KIND]}` writes
+the table of every run (KIND `runs`), the final kNN by method and split (`by-split`) or every
+run's kNN at each whole epoch-equivalent (`by-epoch`) between the markers `<!-- STEM table -->`
+(`runs`) or `<!-- STEM-KIND table -->` of PAGE (STEM: the file's name without .yaml), headed by
+the date, the machine and the command. Only a whole
+comparison is published; `--compare_only` reports its subset in the output folder alone.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 import time
 from dataclasses import fields
 from datetime import datetime
@@ -28,9 +36,18 @@ from ssl_zoo.federated.algorithms import build_algorithm
 from ssl_zoo.federated.config import FedConfig
 from ssl_zoo.federated.run import federate
 from ssl_zoo.jobs.train import train
+from ssl_zoo.published import require_markers, stamp, write_table
+
+TABLE_KINDS = ("runs", "by-split", "by-epoch")
 
 
 def load_comparison(path: str, only: str | None = None) -> tuple[str, list[dict]]:
+    return read_comparison(path, only)[:2]
+
+
+def read_comparison(path: str, only: str | None = None) -> tuple[str, list[dict], list]:
+    """The base config, the runs (those matching `only`) and where the tables are published
+    ((page, marker name) pairs; none when `only` selects a subset)."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"comparison file not found: {path}")
@@ -54,7 +71,15 @@ def load_comparison(path: str, only: str | None = None) -> tuple[str, list[dict]
             raise UserError(
                 f"--compare_only {only} matches none of {path}'s runs: {', '.join(names)}"
             )
-    return spec["base"], runs
+    publish = spec.get("publish") or {}
+    kinds = {page: [k] if isinstance(k, str) else k for page, k in dict(publish).items()}
+    if not all(isinstance(k, list) and set(k) <= set(TABLE_KINDS) for k in kinds.values()):
+        raise UserError(f"{path}: expected 'publish: {{PAGE: [{', '.join(TABLE_KINDS)}]}}'")
+    tables = [(page, file.stem + ("" if kind == "runs" else f"-{kind}"))
+              for page, page_kinds in kinds.items() for kind in page_kinds]  # fmt: skip
+    for page, name in tables:
+        require_markers(Path(page), name)  # before hours of runs, not after
+    return spec["base"], runs, [] if only else tables
 
 
 def drop_flag(argv: list[str], flag: str) -> list[str]:
@@ -137,9 +162,9 @@ def run_config(base: str, spec: dict, run_dir: Path, common: list[str]):
 
 def compare(cfg, argv: list[str]) -> dict:
     start = time.time()
-    base, runs = load_comparison(cfg.compare, cfg.compare_only)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(cfg.output_dir or f"runs/compare-{Path(cfg.compare).stem}-{stamp}")
+    base, runs, tables = read_comparison(cfg.compare, cfg.compare_only)
+    when = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.output_dir or f"runs/compare-{Path(cfg.compare).stem}-{when}")
     make_output_dir(out)
     # The command line minus --compare and --output_dir: flags that apply to every run.
     common = argv
@@ -166,14 +191,21 @@ def compare(cfg, argv: list[str]) -> dict:
             curve = federated_curve(run_dir / "run")
             rows.append({"name": name, "kind": f"federated ({fed.engine})", "method": fed.method,
                          "algorithm": "+".join(build_algorithm(fed).names),
-                         "partition": fed.partition, "rounds": summary["rounds"],
+                         "partition": split_name(fed), "rounds": summary["rounds"],
                          "epochs": summary["epochs_equivalent"],
                          "knn_top1_init": summary["knn_top1_init"], "knn_top1": summary["knn_top1"],
                          "knn_top1_best": summary["knn_top1_best"], "seconds": summary["seconds"],
                          "seconds_per_round": summary["seconds_per_round"],
                          "bytes_up": summary["bytes_up"], "bytes_down": summary["bytes_down"]})  # fmt: skip
         curves[name] = curve
-    write_reports(out, rows, curves, cfg.compare)
+    header = stamp(shlex.join(["python", "federate.py", *argv]))
+    text = write_reports(out, rows, curves, header)
+    texts = {"by-split": lambda: by_split(rows, header),
+             "by-epoch": lambda: by_epoch(rows, curves, header)}  # fmt: skip
+    for page, name in tables:
+        kind = next((k for k in texts if name.endswith(f"-{k}")), None)
+        write_table(Path(page), name, texts[kind]() if kind else text)
+        print(f"[compare] wrote the {name} table into {page}", flush=True)
     return {
         "compare": cfg.compare,
         "runs": rows,
@@ -182,14 +214,70 @@ def compare(cfg, argv: list[str]) -> dict:
     }
 
 
-def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> None:
+def split_name(fed) -> str:
+    if fed.partition == "dirichlet":
+        return f"Dirichlet({fed.alpha:g})"
+    if fed.partition == "shards":
+        return f"{fed.classes_per_client}-class shards"
+    return fed.partition.upper()  # IID
+
+
+def by_split(rows: list[dict], header: str) -> str:
+    """Final kNN top-1 with one row per method and algorithm and one column per split, beside
+    the method's centralized run and, where there is an IID run, its gap to centralized."""
+    splits = list(dict.fromkeys(r["partition"] for r in rows if r["kind"] != "centralized"))
+    central = {r["method"]: r["knn_top1"] for r in rows if r["kind"] == "centralized"}
+    cells: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if r["kind"] != "centralized":
+            cells.setdefault((r["method"], r["algorithm"]), {})[r["partition"]] = r
+    gap = "IID" in splits and central
+    lines = [header, "", "Final kNN top-1 of each federated run, by split, beside the centralized run of equal "
+             "compute.", "",
+             "| method | algorithm | kNN init | " + " | ".join(splits) + " | centralized |"
+             + (" IID - centralized |" if gap else ""),
+             "| --- " * (len(splits) + 4 + bool(gap)) + "|"]  # fmt: skip
+    for (method, algorithm), by in cells.items():
+        init = next(iter(by.values()))["knn_top1_init"]
+        finals = [f"{by[s]['knn_top1']:.3f}" if s in by else "" for s in splits]
+        centre = f"{central[method]:.3f}" if method in central else ""
+        line = f"| {method} | {algorithm} | {init:.3f} | " + " | ".join(finals) + f" | {centre} |"
+        if gap:
+            iid = by.get("IID")
+            line += (
+                f" {100 * (iid['knn_top1'] - central[method]):+.1f} |" if iid and centre else " |"
+            )
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def by_epoch(rows: list[dict], curves: dict, header: str) -> str:
+    """Every run's kNN top-1 at each whole epoch-equivalent of compute, and its final kNN's gap
+    to its method's centralized run: how fast each run learns at equal compute."""
+    last = max(round(r["epochs"]) for r in rows)
+    central = {r["method"]: r["knn_top1"] for r in rows if r["kind"] == "centralized"}
+    lines = [header, "", "kNN top-1 after each epoch-equivalent of compute.", "",
+             "| run | " + " | ".join(str(e) for e in range(1, last + 1)) + " | to centralized |",
+             "| --- " * (last + 2) + "|"]  # fmt: skip
+    for r in rows:
+        at = {round(x, 6): knn for x, knn in curves[r["name"]]}
+        points = [f"{at[e]:.3f}" if e in at else "" for e in range(1, last + 1)]
+        gap = ""
+        if r["kind"] != "centralized" and r["method"] in central:
+            gap = f"{100 * (r['knn_top1'] - central[r['method']]):+.1f}"
+        lines.append(f"| {r['name']} | " + " | ".join(points) + f" | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, rows: list[dict], curves: dict, header: str) -> str:
+    """comparison.csv, .md, .json and .png in `out`; the markdown table's text."""
     keys = list(rows[0])
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
     write_atomically(out / "comparison.csv", table.getvalue())
-    lines = [f"Comparison from `{source}`, {datetime.now():%Y-%m-%d}. Compute is in epochs-equivalent: "
+    lines = [f"{header}. Compute is in epochs-equivalent: "
              "a federated round adds each trained client's local epochs x its share of the images; "
              "a centralized run of as many epochs trains on as many images.", "",
              "| run | kind | method | algorithm | partition | rounds | epochs-equivalent | kNN init | kNN best | kNN final | s | s/round | MB up | MB down |",
@@ -201,7 +289,8 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
             f"{r['knn_top1']:.3f} | {r['seconds']} | {r['seconds_per_round']} | "
             f"{r['bytes_up'] / 1e6:.0f} | {r['bytes_down'] / 1e6:.0f} |"
         )
-    write_atomically(out / "comparison.md", "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    write_atomically(out / "comparison.md", text)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,3 +324,4 @@ def write_reports(out: Path, rows: list[dict], curves: dict, source: str) -> Non
     write_atomically(
         out / "comparison.json", json.dumps({"rows": rows, "curves": curves}, indent=2)
     )
+    return text
