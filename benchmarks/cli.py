@@ -26,7 +26,7 @@ def run_arguments(parser: argparse.ArgumentParser, runs: str, out: str) -> None:
     parser.add_argument("--out", default=out)
 
 
-def docs_argument(parser: argparse.ArgumentParser, table: str, default: str) -> None:
+def docs_argument(parser: argparse.ArgumentParser, table: str, default: str | None) -> None:
     parser.add_argument("--docs", type=listed(str), default=default,
                         help=f"pages whose '{table}' table this replaces ('' for none)")  # fmt: skip
 

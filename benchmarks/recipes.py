@@ -10,8 +10,9 @@ Arguments after `--` go to every train.py run. Each run is a separate process, s
 memory or threads never affect the next. A method whose run directory already holds a finished
 run (summary.json) with the same settings is not trained again; a run of other settings (an
 edited config, say) is reported, not overwritten: delete runs/recipes/<name> to redo it. Writes the
-markdown table to --out and between the `recipes` markers of the --docs pages (README.md and
-docs/methods.md), and ends with a one-line JSON summary of all rows; exits 1 if a run failed
+markdown table to --out and between the `recipes` markers of the --docs pages (by default README.md
+and docs/methods.md when every method ran, none for a subset of --methods, whose rows would
+replace the whole table), and ends with a one-line JSON summary of all rows; exits 1 if a run failed
 (and then writes no table).
 """
 
@@ -108,8 +109,13 @@ def main() -> None:
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
     parser.add_argument("--backbone", default="timm:resnet18")
     run_arguments(parser, runs="runs/recipes", out="benchmarks/recipes.md")
-    docs_argument(parser, "recipes", default=DOCS)
+    docs_argument(parser, "recipes", default=None)
     args = parser.parse_args(argv)
+    if args.docs is None:
+        args.docs = DOCS.split(",") if set(args.methods) == set(METHODS) else []
+        if not args.docs:
+            print("a subset of the methods: README's and docs/methods.md's tables are left as they "
+                  "are (--docs PAGES writes them)", file=sys.stderr)  # fmt: skip
     to_docs = docs_writers(parser, args.docs, "recipes")
     methods = args.methods
     rows = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ssl_zoo.errors import UserError
 
-MARKER = re.compile(r"<!-- ([\w .-]+) table -->")
+MARKER = re.compile(r"<!-- ([a-z0-9][a-z0-9_.-]*) table -->")  # prose names them in capitals
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -67,6 +67,12 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     again = run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args)
     assert "not trained again" in again.err
     assert last_json_line(again.out)["rows"][0] == trained
+    # Without --docs, a subset of the methods leaves the README's whole-zoo table alone.
+    readme = (ROOT / "README.md").read_text()
+    at = args.index("--docs")
+    subset = run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args[:at], *args[at + 2 :])
+    assert "tables are left as they are" in subset.err
+    assert (ROOT / "README.md").read_text() == readme
 
     # An edited recipe (here: another learning rate) must not be answered with the old figure.
     published = table.read_text()
