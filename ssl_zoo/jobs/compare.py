@@ -296,22 +296,24 @@ def write_reports(out: Path, rows: list[dict], curves: dict, header: str) -> str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # Several methods: one colour per method, its runs told apart by marker, so a federated
-    # curve is read against its own centralized one; centralized runs are dashed.
+    # Several methods: one hue per method, its runs told apart by shade and marker, so a
+    # federated curve is read against its own centralized one; centralized runs are dashed.
     method = {r["name"]: r["method"] for r in rows}
     centralized = {r["name"] for r in rows if r["kind"] == "centralized"}
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colour = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(method.values()))}
-    by_method, seen = len(colour) > 1, {}
+    methods = list(dict.fromkeys(method.values()))
+    hues = ["Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"]
+    count = {m: list(method.values()).count(m) for m in methods}
+    by_method, seen = len(methods) > 1, {}
     # Past a handful of runs the legend goes beside the axes, where it hides no curve.
     outside = len(curves) > 6
     fig, ax = plt.subplots(figsize=(8.5 if outside else 6, 4), dpi=100)
     for name, curve in curves.items():
         xs, ys = zip(*curve, strict=True)
-        position = seen[method[name]] = seen.get(method[name], -1) + 1
-        style = (
-            {"color": colour[method[name]], "marker": "os^Dv"[position % 5]} if by_method else {}
-        )
+        m = method[name]
+        position = seen[m] = seen.get(m, -1) + 1
+        shade = 0.95 - 0.55 * position / max(1, count[m] - 1)  # dark to light, in file order
+        cmap = plt.get_cmap(hues[methods.index(m) % len(hues)])
+        style = {"color": cmap(shade), "marker": "os^Dv<>pXh"[position % 10]} if by_method else {}
         ax.plot(xs, ys, **{"marker": "o", **style}, markersize=3, label=name,
                 linestyle="--" if name in centralized else "-")  # fmt: skip
     ax.set_xlabel("epochs-equivalent of compute")
