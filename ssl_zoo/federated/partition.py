@@ -89,12 +89,22 @@ def plot_histograms(histograms: np.ndarray, path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     clients, classes = histograms.shape
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * clients + 2), 3.5), dpi=100)
-    bottom = np.zeros(clients)
+    # A bar per client reads well up to a few dozen clients; past that (cross-device: thousands)
+    # one bar each would make a figure metres wide of 100,000 patches, so the classes are drawn
+    # as stacked bands over the client index instead, in a figure of bounded width.
+    many = clients > 64
+    fig, ax = plt.subplots(figsize=(12 if many else max(4, 0.5 * clients + 2), 3.5), dpi=100)
     colours = plt.get_cmap("tab10" if classes <= 10 else "tab20")
-    for c in range(classes):
-        ax.bar(range(clients), histograms[:, c], bottom=bottom, color=colours(c % 20), label=str(c))
-        bottom += histograms[:, c]
+    if many:
+        ax.stackplot(np.arange(clients), histograms.T, step="mid", labels=[str(c) for c in range(classes)],
+                     colors=[colours(c % 20) for c in range(classes)])  # fmt: skip
+    else:
+        bottom = np.zeros(clients)
+        for c in range(classes):
+            ax.bar(
+                range(clients), histograms[:, c], bottom=bottom, color=colours(c % 20), label=str(c)
+            )
+            bottom += histograms[:, c]
     ax.set_xlabel("client")
     ax.set_ylabel("images")
     ax.set_title(title, fontsize=9)
