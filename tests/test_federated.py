@@ -584,6 +584,18 @@ def test_comparison_writes_csv_markdown_and_plot(tmp_path):
         federate_main(["--compare", str(spec), "--output_dir", str(out), *tiny, "--rounds", "3"])
 
 
+def test_by_split_gives_runs_that_share_a_cell_rows_of_their_own():
+    from ssl_zoo.jobs.compare import by_split
+
+    run = {"kind": "federated (embedded)", "method": "simclr", "algorithm": "fedavg",
+           "partition": "IID", "knn_top1_init": 0.2}  # fmt: skip
+    rows = [{**run, "name": "a", "knn_top1": 0.4}, {**run, "name": "b", "knn_top1": 0.41},
+            {**run, "name": "c", "kind": "centralized", "partition": "-", "knn_top1": 0.43}]  # fmt: skip
+    table = by_split(rows, "head")
+    assert "| simclr | fedavg | 0.200 | 0.400 | 0.430 | -3.0 |" in table
+    assert "| simclr | fedavg (b) | 0.200 | 0.410 | 0.430 | -2.0 |" in table
+
+
 def federated_knn_after(out, run: str, round_: int) -> float:
     with (out / run / "run" / "rounds.csv").open() as f:
         return float(next(r for r in csv.DictReader(f) if int(r["round"]) == round_)["knn_top1"])

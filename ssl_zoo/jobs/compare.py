@@ -12,8 +12,8 @@ A comparison file may also name where its tables are published: `publish: {PAGE:
 the table of every run (KIND `runs`), the final kNN by method and split (`by-split`) or every
 run's kNN at each whole epoch-equivalent (`by-epoch`) between the markers `<!-- STEM table -->`
 (`runs`) or `<!-- STEM-KIND table -->` of PAGE (STEM: the file's name without .yaml), headed by
-the date, the machine and the command. Only a whole
-comparison is published; `--compare_only` reports its subset in the output folder alone.
+the date, the machine and the command. Only a whole comparison is published; `--compare_only`
+reports its subset in the output folder alone.
 """
 
 from __future__ import annotations
@@ -230,7 +230,10 @@ def by_split(rows: list[dict], header: str) -> str:
     cells: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r["kind"] != "centralized":
-            cells.setdefault((r["method"], r["algorithm"]), {})[r["partition"]] = r
+            key = (r["method"], r["algorithm"])
+            if r["partition"] in cells.get(key, {}):  # runs differing otherwise: a row of its own
+                key = (r["method"], f"{r['algorithm']} ({r['name']})")
+            cells.setdefault(key, {})[r["partition"]] = r
     gap = "IID" in splits and central
     lines = [header, "", "Final kNN top-1 of each federated run, by split, beside the centralized run of equal "
              "compute.", "",
