@@ -64,9 +64,9 @@ def child(args) -> None:
         "--method", args.method, "--backbone", args.backbone, "--dataset", "synthetic",
         "--train_samples", str(images), "--test_samples", "100",
         "--num_clients", str(args.child), "--partition", "iid", "--rounds", str(args.rounds),
-        # The recipe's batch (at most all the images), as a user passes it: the client-batch rule
-        # sizes each client's batch (never above its images). Shrinking --batch_size to a client's images instead
-        # made the server's monitor embed its bank 2 images at a time with 10,000 clients.
+        # The recipe's batch (at most all the images), as a user passes it: the client-batch
+        # rule sizes each client's batch (never above its images). Shrinking --batch_size to a
+        # client's images made the server's monitor embed its bank 2 images at a time instead.
         "--batch_size", str(min(args.batch_size, images)), "--num_workers", "0",
         "--knn_k", "20", "--min_clients", "1", "--local_epochs", str(args.local_epochs),
         "--output_dir", str(out),

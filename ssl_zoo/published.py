@@ -25,21 +25,22 @@ def marked_tables(page: Path) -> list[str]:
     return MARKER.findall(page.read_text())
 
 
-def require_markers(page: Path, name: str) -> None:
+def require_markers(page: Path, name: str) -> str:
+    """The page's text, which must hold the markers of `name`."""
     start, end = markers(name)
     text = page.read_text() if page.is_file() else ""
     if start not in text or end not in text:
         raise UserError(f"{page} lacks the markers {start} ... {end}, where its table goes")
+    return text
 
 
 def write_table(page: Path, name: str, text: str) -> None:
     """Replaces what lies between the page's markers of `name` with `text`."""
-    require_markers(page, name)
     start, end = markers(name)
     pattern = re.escape(start) + ".*?" + re.escape(end)
     body = text if text.endswith("\n") else text + "\n"
     page.write_text(
-        re.sub(pattern, lambda _: f"{start}\n{body}{end}", page.read_text(), flags=re.S)
+        re.sub(pattern, lambda _: f"{start}\n{body}{end}", require_markers(page, name), flags=re.S)
     )
 
 

@@ -883,9 +883,9 @@ def test_shipped_comparisons_name_valid_runs(tmp_path, name):
     """Every run of the shipped comparison files parses into a valid config whose algorithm fits
     its method (no training)."""
     from ssl_zoo.federated.algorithms import build_algorithm
-    from ssl_zoo.jobs.compare import centralized_config, load_comparison, run_config
+    from ssl_zoo.jobs.compare import centralized_config, read_comparison, run_config
 
-    base, runs = load_comparison(f"configs/federated/{name}")
+    base, runs, _ = read_comparison(f"configs/federated/{name}")
     methods = set()
     for spec in runs:
         cfg = run_config(base, spec, tmp_path / spec["name"], [])

@@ -23,6 +23,7 @@ import io
 import json
 import shlex
 import time
+from collections import Counter
 from dataclasses import fields
 from datetime import datetime
 from fnmatch import fnmatch
@@ -41,13 +42,9 @@ from ssl_zoo.published import require_markers, stamp, write_table
 TABLE_KINDS = ("runs", "by-split", "by-epoch")
 
 
-def load_comparison(path: str, only: str | None = None) -> tuple[str, list[dict]]:
-    return read_comparison(path, only)[:2]
-
-
 def read_comparison(path: str, only: str | None = None) -> tuple[str, list[dict], list]:
     """The base config, the runs (those matching `only`) and where the tables are published
-    ((page, marker name) pairs; none when `only` selects a subset)."""
+    ((page, marker name, kind) triples; none when `only` selects a subset)."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"comparison file not found: {path}")
@@ -75,9 +72,9 @@ def read_comparison(path: str, only: str | None = None) -> tuple[str, list[dict]
     kinds = {page: [k] if isinstance(k, str) else k for page, k in dict(publish).items()}
     if not all(isinstance(k, list) and set(k) <= set(TABLE_KINDS) for k in kinds.values()):
         raise UserError(f"{path}: expected 'publish: {{PAGE: [{', '.join(TABLE_KINDS)}]}}'")
-    tables = [(page, file.stem + ("" if kind == "runs" else f"-{kind}"))
+    tables = [(page, file.stem + ("" if kind == "runs" else f"-{kind}"), kind)
               for page, page_kinds in kinds.items() for kind in page_kinds]  # fmt: skip
-    for page, name in tables:
+    for page, name, _ in tables:
         require_markers(Path(page), name)  # before hours of runs, not after
     return spec["base"], runs, [] if only else tables
 
@@ -200,11 +197,10 @@ def compare(cfg, argv: list[str]) -> dict:
         curves[name] = curve
     header = stamp(shlex.join(["python", "federate.py", *argv]))
     text = write_reports(out, rows, curves, header)
-    texts = {"by-split": lambda: by_split(rows, header),
+    texts = {"runs": lambda: text, "by-split": lambda: by_split(rows, header),
              "by-epoch": lambda: by_epoch(rows, curves, header)}  # fmt: skip
-    for page, name in tables:
-        kind = next((k for k in texts if name.endswith(f"-{k}")), None)
-        write_table(Path(page), name, texts[kind]() if kind else text)
+    for page, name, kind in tables:
+        write_table(Path(page), name, texts[kind]())
         print(f"[compare] wrote the {name} table into {page}", flush=True)
     return {
         "compare": cfg.compare,
@@ -305,7 +301,7 @@ def write_reports(out: Path, rows: list[dict], curves: dict, header: str) -> str
     centralized = {r["name"] for r in rows if r["kind"] == "centralized"}
     methods = list(dict.fromkeys(method.values()))
     hues = ["Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"]
-    count = {m: list(method.values()).count(m) for m in methods}
+    count = Counter(method.values())
     by_method, seen = len(methods) > 1, {}
     # Past a handful of runs the legend goes beside the axes, where it hides no curve.
     outside = len(curves) > 6
