@@ -588,12 +588,38 @@ def test_by_split_gives_runs_that_share_a_cell_rows_of_their_own():
     from ssl_zoo.jobs.compare import by_split
 
     run = {"kind": "federated (embedded)", "method": "simclr", "algorithm": "fedavg",
-           "partition": "IID", "knn_top1_init": 0.2}  # fmt: skip
+           "partition": "IID", "knn_top1_init": 0.2, "epochs": 5.0}  # fmt: skip
     rows = [{**run, "name": "a", "knn_top1": 0.4}, {**run, "name": "b", "knn_top1": 0.41},
             {**run, "name": "c", "kind": "centralized", "partition": "-", "knn_top1": 0.43}]  # fmt: skip
     table = by_split(rows, "head")
     assert "| simclr | fedavg | 0.200 | 0.400 | 0.430 | -3.0 |" in table
     assert "| simclr | fedavg (b) | 0.200 | 0.410 | 0.430 | -2.0 |" in table
+
+
+def test_each_federated_run_is_read_against_the_centralized_run_of_equal_compute():
+    from ssl_zoo.jobs.compare import by_epoch, by_split
+
+    run = {"kind": "federated (embedded)", "method": "simclr", "algorithm": "fedavg",
+           "partition": "IID", "knn_top1_init": 0.2}  # fmt: skip
+    central = {**run, "kind": "centralized", "partition": "-"}
+    rows = [{**central, "name": "c5", "epochs": 5.0, "knn_top1": 0.43},
+            {**central, "name": "c10", "epochs": 10.0, "knn_top1": 0.48},
+            {**run, "name": "f5", "epochs": 5.0, "knn_top1": 0.40},
+            {**run, "name": "f10", "epochs": 10.0, "knn_top1": 0.46},
+            {**run, "name": "f7", "epochs": 7.0, "knn_top1": 0.44}]  # fmt: skip
+    curves = {r["name"]: [(r["epochs"], r["knn_top1"])] for r in rows}
+    lines = by_epoch(rows, curves, "head").splitlines()
+    gap = {
+        line.split(" | ")[0][2:]: line.rsplit("|", 2)[1].strip()
+        for line in lines
+        if line.startswith("| ")
+    }
+    # the 10-epoch run against the 10-epoch centralized run, not the last one of its method
+    assert (gap["f5"], gap["f10"], gap["f7"], gap["c10"]) == ("-3.0", "-2.0", "", "")
+    table = by_split(rows, "head")
+    assert "| simclr | fedavg | 0.200 | 0.400 | 0.430 | -3.0 |" in table
+    assert "| simclr | fedavg (f10) | 0.200 | 0.460 | 0.480 | -2.0 |" in table
+    assert "| simclr | fedavg (f7) | 0.200 | 0.440 |  |  |" in table
 
 
 def federated_knn_after(out, run: str, round_: int) -> float:

@@ -218,11 +218,20 @@ def split_name(fed) -> str:
     return fed.partition.upper()  # IID
 
 
+def centralized_pairs(rows: list[dict]) -> dict[str, dict]:
+    """Each federated run's name -> the centralized run of its method at equal epochs-equivalent
+    (a comparison may hold centralized runs of one method at several budgets); runs without one
+    are left out, so no gap is ever read against a run of other compute."""
+    central = {(r["method"], round(r["epochs"], 2)): r for r in rows if r["kind"] == "centralized"}
+    pairs = {r["name"]: central.get((r["method"], round(r["epochs"], 2))) for r in rows}
+    return {name: c for name, c in pairs.items() if c is not None and c["name"] != name}
+
+
 def by_split(rows: list[dict], header: str) -> str:
     """Final kNN top-1 with one row per method and algorithm and one column per split, beside
-    the method's centralized run and, where there is an IID run, its gap to centralized."""
+    the centralized run of equal compute and, where there is an IID run, its gap to it."""
     splits = list(dict.fromkeys(r["partition"] for r in rows if r["kind"] != "centralized"))
-    central = {r["method"]: r["knn_top1"] for r in rows if r["kind"] == "centralized"}
+    pairs = centralized_pairs(rows)
     cells: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r["kind"] != "centralized":
@@ -230,21 +239,28 @@ def by_split(rows: list[dict], header: str) -> str:
             if r["partition"] in cells.get(key, {}):  # runs differing otherwise: a row of its own
                 key = (r["method"], f"{r['algorithm']} ({r['name']})")
             cells.setdefault(key, {})[r["partition"]] = r
-    gap = "IID" in splits and central
+    gap = "IID" in splits and bool(pairs)
     lines = [header, "", "Final kNN top-1 of each federated run, by split, beside the centralized run of equal "
              "compute.", "",
              "| method | algorithm | kNN init | " + " | ".join(splits) + " | centralized |"
              + (" IID - centralized |" if gap else ""),
              "| --- " * (len(splits) + 4 + bool(gap)) + "|"]  # fmt: skip
     for (method, algorithm), by in cells.items():
-        init = next(iter(by.values()))["knn_top1_init"]
+        first = by.get("IID") or next(iter(by.values()))
+        central = pairs.get(first["name"])
         finals = [f"{by[s]['knn_top1']:.3f}" if s in by else "" for s in splits]
-        centre = f"{central[method]:.3f}" if method in central else ""
-        line = f"| {method} | {algorithm} | {init:.3f} | " + " | ".join(finals) + f" | {centre} |"
+        centre = f"{central['knn_top1']:.3f}" if central else ""
+        line = (
+            f"| {method} | {algorithm} | {first['knn_top1_init']:.3f} | "
+            + " | ".join(finals)
+            + f" | {centre} |"
+        )
         if gap:
             iid = by.get("IID")
             line += (
-                f" {100 * (iid['knn_top1'] - central[method]):+.1f} |" if iid and centre else " |"
+                f" {100 * (iid['knn_top1'] - central['knn_top1']):+.1f} |"
+                if iid and central
+                else "  |"
             )
         lines.append(line)
     return "\n".join(lines) + "\n"
@@ -252,9 +268,9 @@ def by_split(rows: list[dict], header: str) -> str:
 
 def by_epoch(rows: list[dict], curves: dict, header: str) -> str:
     """Every run's kNN top-1 at each whole epoch-equivalent of compute, and its final kNN's gap
-    to its method's centralized run: how fast each run learns at equal compute."""
+    to its method's centralized run of equal compute: how fast each run learns."""
     last = max(round(r["epochs"]) for r in rows)
-    central = {r["method"]: r["knn_top1"] for r in rows if r["kind"] == "centralized"}
+    pairs = centralized_pairs(rows)
     lines = [header, "", "kNN top-1 after each epoch-equivalent of compute.", "",
              "| run | " + " | ".join(str(e) for e in range(1, last + 1)) + " | to centralized |",
              "| --- " * (last + 2) + "|"]  # fmt: skip
@@ -262,8 +278,8 @@ def by_epoch(rows: list[dict], curves: dict, header: str) -> str:
         at = {round(x, 6): knn for x, knn in curves[r["name"]]}
         points = [f"{at[e]:.3f}" if e in at else "" for e in range(1, last + 1)]
         gap = ""
-        if r["kind"] != "centralized" and r["method"] in central:
-            gap = f"{100 * (r['knn_top1'] - central[r['method']]):+.1f}"
+        if r["name"] in pairs:
+            gap = f"{100 * (r['knn_top1'] - pairs[r['name']]['knn_top1']):+.1f}"
         lines.append(f"| {r['name']} | " + " | ".join(points) + f" | {gap} |")
     return "\n".join(lines) + "\n"
 
