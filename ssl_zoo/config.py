@@ -194,6 +194,8 @@ class RunConfig:
     def checks(self) -> list[tuple[bool, str]]:
         return [
             (self.batch_size >= 2, f"batch_size must be >= 2 (got {self.batch_size})"),
+            # numpy seeds from 0 to 2**32 - 1
+            (0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed})"),
             (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.knn_k >= 1 and self.knn_t > 0, "knn_k must be >= 1 and knn_t > 0"),

@@ -179,6 +179,7 @@ BAD = [
     (["--checkpoint", "BACKBONE", "--label_fraction", "1.5"], "label_fraction must be in (0, 1], got 1.5"),
     (["--checkpoint", "BACKBONE", "--protocol", "svm"], "unknown protocol 'svm'; valid choices: all, detection, finetune, knn, linear"),
     (["--checkpoint", "random"], "--checkpoint random needs --backbone NAME"),
+    (["--checkpoint", "BACKBONE", "--seed", "-1"], "seed must be in [0, 2**32) (got -1)"),
 ]  # fmt: skip
 
 

@@ -234,6 +234,7 @@ BAD_INPUTS = [
     (["--collapse", "ignore"], "collapse must be one of warn, stop, off"),
     (["--strategy", "fsdp"], "unknown strategy 'fsdp'; valid choices: auto, ddp"),
     (["--devices", "0"], "devices must be >= 1 (got 0)"),
+    (["--seed", "-5"], "seed must be in [0, 2**32) (got -5)"),  # was numpy's traceback
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--accelerator", "gpu"], "--accelerator gpu: this machine has none"))

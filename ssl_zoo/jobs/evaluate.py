@@ -151,6 +151,8 @@ class EvalConfig:
             raise unknown_choice("dataset", self.dataset, DATASETS)
         if self.logger not in LOGGERS:
             raise unknown_choice("logger", self.logger, LOGGERS)
+        if not 0 <= self.seed < 2**32:  # numpy's range
+            raise UserError(f"seed must be in [0, 2**32) (got {self.seed})")
         if not 0 < self.label_fraction <= 1:
             raise UserError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.checkpoint == "random" and not self.backbone:
