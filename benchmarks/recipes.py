@@ -4,16 +4,19 @@ Each method runs `train.py --config configs/methods/<name>.yaml` (its CPU recipe
 backbone and budget given here; the default is the README's real-data table:
 
     python benchmarks/recipes.py                     # 10 methods x 8 min on ../shared/data/cifar10-12k
+    python benchmarks/recipes.py --seeds 0,1         # each method twice: the mean and both values
     python benchmarks/recipes.py --methods simclr,byol --minutes 2 -- --batch_size 128
 
 Arguments after `--` go to every train.py run. Each run is a separate process, so one method's
-memory or threads never affect the next. A method whose run directory already holds a finished
-run (summary.json) with the same settings is not trained again; a run of other settings (an
-edited config, say) is reported, not overwritten: delete runs/recipes/<name> to redo it. Writes the
-markdown table to --out and between the `recipes` markers of the --docs pages (by default README.md
-and docs/methods.md when every method ran, none for a subset of --methods, whose rows would
-replace the whole table), and ends with a one-line JSON summary of all rows; exits 1 if a run failed
-(and then writes no table).
+memory or threads never affect the next. After training, `evaluate.py --protocol linear` probes the
+final backbone (papers report linear top-1, and it can rank methods differently from kNN).
+A method whose run directory already holds a finished run (summary.json) with the same settings
+is not trained again; a run of other settings (an edited config, say) is reported, not
+overwritten: delete runs/recipes/<name> to redo it (seed 0's run is <name>, seed s's <name>-seed<s>).
+Writes the markdown table to --out and between the `recipes` markers of the --docs pages (by default
+README.md and docs/methods.md when every method ran, none for a subset of --methods, whose rows
+would replace the whole table), and ends with a one-line JSON summary of all runs; exits 1 if a run
+failed (and then writes no table).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cli import (  # noqa: E402
+    at_least,
     command_stamp,
     docs_argument,
     docs_writers,
@@ -45,30 +49,53 @@ from ssl_zoo.methods import METHODS  # noqa: E402
 DOCS = "README.md,docs/methods.md"
 
 
-def run_method(method: str, args: argparse.Namespace, extra: list[str]) -> dict:
-    run_dir = Path(args.runs) / method
-    train_args = ["--config", str(ROOT / "configs" / "methods" / f"{method}.yaml"),
-                  "--dataset", args.dataset, "--backbone", args.backbone,
-                  "--max_time", str(args.minutes), "--max_epochs", "1000",
-                  "--output_dir", str(run_dir), *extra]  # fmt: skip
-    if args.data_dir:
-        train_args[2:2] = ["--data_dir", args.data_dir]
+def run_method(method: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
+    """Trains (or reuses) one method's run of one seed and probes its backbone: its summary with
+    `linear_top1` added, or {"method", "seed", "error"}."""
+    run_dir = Path(args.runs) / (method if seed == 0 else f"{method}-seed{seed}")
+    data = ["--dataset", args.dataset, *(["--data_dir", args.data_dir] if args.data_dir else [])]
+    train_args = ["--config", str(ROOT / "configs" / "methods" / f"{method}.yaml"), *data,
+                  "--backbone", args.backbone, "--max_time", str(args.minutes), "--max_epochs", "1000",
+                  "--seed", str(seed), "--output_dir", str(run_dir), *extra]  # fmt: skip
+    failed = {"method": method, "seed": seed}
     if (run_dir / "summary.json").exists():
         differing = changed_settings(run_dir, train_args)
         if differing:
             error = (f"{run_dir} holds a run with other settings ({', '.join(differing)}: the "
                      "recipe changed since?); delete it or pass --runs DIR")  # fmt: skip
             print(f"{method}: {error}", file=sys.stderr)
-            return {"method": method, "error": error}
+            return {**failed, "error": error}
         print(f"{method}: finished run found in {run_dir}, not trained again", file=sys.stderr)
-        return with_rates(json.loads((run_dir / "summary.json").read_text()))
-    command = [sys.executable, str(ROOT / "train.py"), *train_args]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        summary = last_json(["train.py", *train_args], method)
+        if "error" in summary:
+            return {**failed, **summary}
+    # The probe sees the data the kNN monitor saw (--train_samples/--test_samples, if given).
+    limits = [a for flag in ("--train_samples", "--test_samples") if flag in extra
+              for a in (flag, extra[extra.index(flag) + 1])]  # fmt: skip
+    results = run_dir / "linear" / "results.json"
+    if results.exists() and results.stat().st_mtime >= (run_dir / "backbone.pt").stat().st_mtime:
+        probe = json.loads(results.read_text())
+    else:
+        probe = last_json(["evaluate.py", "--checkpoint", str(run_dir / "backbone.pt"), "--protocol",
+                           "linear", *data, *limits, "--seed", str(seed), "--plot", "false",
+                           "--track_energy", "false", "--output_dir", str(run_dir / "linear")], method)  # fmt: skip
+        if "error" in probe:
+            return {**failed, **probe}
+    return with_rates({**summary, "seed": seed, "linear_top1": probe["top1"]})
+
+
+def last_json(command: list[str], method: str) -> dict:
+    """Runs an entry point of this repository in its own process: its last stdout line (the JSON
+    summary), or {"error": its last stderr line}."""
+    proc = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     if proc.returncode != 0:
         error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        print(f"{method}: {error}", file=sys.stderr)
-        return {"method": method, "error": error}
-    return with_rates(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{method}: {command[0]}: {error}", file=sys.stderr)
+        return {"error": f"{command[0]}: {error}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def changed_settings(run_dir: Path, train_args: list[str]) -> list[str]:
@@ -86,19 +113,32 @@ def with_rates(summary: dict) -> dict:
     return summary
 
 
-def table(rows: list[dict], title: str) -> str:
-    lines = [f"{title}", "", "| method | family | kNN top-1 at init | kNN top-1 | epochs | steps | s/epoch | s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    for r in rows:
-        family = METHODS[r["method"]].family
-        if "error" in r:
-            lines.append(f"| {r['method']} | {family} | failed: {r['error']} | | | | | |")
+def table(runs: list[dict], title: str) -> str:
+    """One row per method; with several seeds a figure is their mean and then each seed's value."""
+    lines = [f"{title}", "", "| method | family | kNN top-1 at init | kNN top-1 | linear top-1 | epochs | steps | s/epoch | s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    by_method: dict[str, list[dict]] = {}
+    for r in runs:
+        by_method.setdefault(r["method"], []).append(r)
+    for method, seeds in by_method.items():
+        family = METHODS[method].family
+        failed = [r for r in seeds if "error" in r]
+        if failed:
+            lines.append(f"| {method} | {family} | failed: {failed[0]['error']} | | | | | | |")
             continue
-        lines.append(
-            f"| {r['method']} | {family} | {r['knn_top1_init']:.3f} | {r['knn_top1']:.3f} | "
-            f"{r['epochs']} | {r['steps']} | {r['seconds_per_epoch']} | {r['seconds']} |"
-        )
+        cells = [seeds_cell([r[key] for r in seeds], fmt) for key, fmt in
+                 (("knn_top1_init", ".3f"), ("knn_top1", ".3f"), ("linear_top1", ".3f"),
+                  ("epochs", "g"), ("steps", "g"), ("seconds_per_epoch", ".1f"), ("seconds", ".1f"))]  # fmt: skip
+        lines.append(f"| {method} | {family} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seeds_cell(values: list[float], fmt: str) -> str:
+    """One seed's value, or the mean of several followed by each seed's, as '0.450 (0.447, 0.453)'."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    mean = sum(values) / len(values)
+    return f"{mean:{fmt}} ({', '.join(format(v, fmt) for v in values)})"
 
 
 def main() -> None:
@@ -108,23 +148,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
     parser.add_argument("--backbone", default="timm:resnet18")
+    parser.add_argument("--seeds", type=listed(at_least(0)), default="0",
+                        help="train every method once per seed, one run at a time")  # fmt: skip
     run_arguments(parser, runs="runs/recipes", out="benchmarks/recipes.md")
     docs_argument(parser, "recipes", default=None)
     args = parser.parse_args(argv)
+    if not args.seeds or len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds: name each seed once, at least one (got {args.seeds})")
     if args.docs is None:
         args.docs = DOCS.split(",") if set(args.methods) == set(METHODS) else []
         if not args.docs:
             print("a subset of the methods: README's and docs/methods.md's tables are left as they "
                   "are (--docs PAGES writes them)", file=sys.stderr)  # fmt: skip
     to_docs = docs_writers(parser, args.docs, "recipes")
-    methods = args.methods
+    jobs = [(method, seed) for method in args.methods for seed in args.seeds]
     rows = []
-    for method in methods:
-        print(f"[{len(rows) + 1}/{len(methods)}] {method} ...", file=sys.stderr, flush=True)
-        rows.append(run_method(method, args, extra))
+    for method, seed in jobs:
+        print(
+            f"[{len(rows) + 1}/{len(jobs)}] {method}, seed {seed} ...", file=sys.stderr, flush=True
+        )
+        rows.append(run_method(method, seed, args, extra))
     title = (f"{command_stamp('benchmarks/recipes.py')}: each method's configs/methods/<name>.yaml "
              f"on --dataset {args.dataset} --data_dir {args.data_dir} --backbone {args.backbone} "
-             f"--max_time {args.minutes:g} {' '.join(extra)}, one at a time")  # fmt: skip
+             f"--max_time {args.minutes:g} {' '.join(extra)}, one at a time; linear top-1: "
+             "evaluate.py --protocol linear on the final backbone")  # fmt: skip
     written = publish(table(rows, title), rows, Path(args.out).write_text, *to_docs)
     print(json.dumps({"title": title, "rows": rows}))
     if not written:

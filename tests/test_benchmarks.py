@@ -46,18 +46,24 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     pages = copies_of_the_pages(tmp_path, DOCS)
     args = ["--methods", "simclr", "--minutes", "5", "--dataset", "synthetic", "--data_dir", "",
             "--backbone", "timm:resnet10t", "--runs", str(tmp_path / "runs"), "--out", str(table),
-            "--docs", ",".join(map(str, pages)), "--", *TINY_TRAIN]  # fmt: skip
+            "--seeds", "0,1", "--docs", ",".join(map(str, pages)), "--", *TINY_TRAIN]  # fmt: skip
 
     first = run_script("benchmarks/recipes.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
-    trained = last_json_line(first.stdout)["rows"][0]
-    assert trained["method"] == "simclr" and 0 <= trained["knn_top1"] <= 1, trained
-    assert (tmp_path / "runs" / "simclr" / "summary.json").is_file()
+    trained = last_json_line(first.stdout)["rows"]
+    assert [(r["method"], r["seed"]) for r in trained] == [("simclr", 0), ("simclr", 1)], trained
+    assert all(0 <= r["knn_top1"] <= 1 and 0 <= r["linear_top1"] <= 1 for r in trained), trained
+    for seed, run in enumerate(("simclr", "simclr-seed1")):  # each seed's run, its backbone probed
+        assert f"seed: {seed}\n" in (tmp_path / "runs" / run / "config.yaml").read_text()
+        assert (tmp_path / "runs" / run / "linear" / "results.json").is_file()
     written = table.read_text()
     assert (
         written.startswith(str(date.today()))
         and "`python benchmarks/recipes.py --methods" in written
     )
+    # one row: the mean of the two seeds, then each seed's figure
+    linear = [r["linear_top1"] for r in trained]
+    assert f"| {sum(linear) / 2:.3f} ({linear[0]:.3f}, {linear[1]:.3f}) |" in written, written
     for page in pages:  # the table replaced what lay between the markers, and nothing else
         original = ROOT / page.relative_to(tmp_path / "pages")
         assert f"{markers('recipes')[0]}\n{written}{markers('recipes')[1]}" in page.read_text()
@@ -66,7 +72,7 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     # The reruns train nothing: run in this process, they spare two interpreter starts (~16 s).
     again = run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args)
     assert "not trained again" in again.err
-    assert last_json_line(again.out)["rows"][0] == trained
+    assert last_json_line(again.out)["rows"] == trained
     # Without --docs, a subset of the methods leaves the README's whole-zoo table alone.
     readme = (ROOT / "README.md").read_text()
     at = args.index("--docs")
@@ -81,7 +87,7 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     assert exit_info.value.code == 1
     out, err = capsys.readouterr()
     row = last_json_line(out)["rows"][0]
-    assert "error" in row and "(lr:" in row["error"], row
+    assert "error" in row and "(lr:" in row["error"] and row["seed"] == 0, row
     # ... and the failed row is shown, never written over the published table.
     assert "failed" in err and "the table was not written" in err
     assert table.read_text() == published
@@ -95,6 +101,7 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
         ("benchmarks/cost.py", ["--minutes", "0"], "--minutes: must be > 0"),
         ("benchmarks/cost.py", ["--target", "-1"], "--target: must be >= 0"),
         ("benchmarks/recipes.py", ["--methods", "simclr,foo"], "unknown method 'foo'"),
+        ("benchmarks/recipes.py", ["--seeds", "0,0"], "--seeds: name each seed once"),
         ("benchmarks/detection.py", ["--fractions", "0.1,2"], "--fractions: must be in (0, 1]"),
         # --clients 0 used to start itself again and again (0 read as "not a child run").
         ("benchmarks/federated_overhead.py", ["--clients", "4,0"], "--clients: must be >= 1"),
