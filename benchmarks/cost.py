@@ -32,7 +32,7 @@ from benchmarks.cli import (  # noqa: E402
     publish,
     run_arguments,
 )
-from benchmarks.recipes import run_method  # noqa: E402
+from benchmarks.recipes import train_method  # noqa: E402
 from ssl_zoo.loggers import read_csv_rows  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
 
@@ -151,7 +151,7 @@ def main() -> None:
         # The recipes' backbone_args (output stride, pooling) are for timm's ResNets.
         fits = backbone.startswith("timm:resnet")
         run_extra = extra if fits else ["--backbone_args", "{}", *extra]
-        rows.append(cost_row(backbone, run_method(method, settings, run_extra), args.target))
+        rows.append(cost_row(backbone, train_method(method, 0, settings, run_extra), args.target))
     title = (f"{command_stamp('benchmarks/cost.py')}: each method's configs/methods/<name>.yaml "
              f"on --dataset {args.dataset} --data_dir {args.data_dir} --max_time {args.minutes:g} "
              f"{' '.join(extra)}")  # fmt: skip

@@ -49,11 +49,18 @@ from ssl_zoo.methods import METHODS  # noqa: E402
 DOCS = "README.md,docs/methods.md"
 
 
-def run_method(method: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
-    """Trains (or reuses) one method's run of one seed and probes its backbone: its summary with
-    `linear_top1` added, or {"method", "seed", "error"}."""
-    run_dir = Path(args.runs) / (method if seed == 0 else f"{method}-seed{seed}")
-    data = ["--dataset", args.dataset, *(["--data_dir", args.data_dir] if args.data_dir else [])]
+def run_dir_of(method: str, seed: int, args: argparse.Namespace) -> Path:
+    return Path(args.runs) / (method if seed == 0 else f"{method}-seed{seed}")
+
+
+def data_args(args: argparse.Namespace) -> list[str]:
+    return ["--dataset", args.dataset, *(["--data_dir", args.data_dir] if args.data_dir else [])]
+
+
+def train_method(method: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
+    """Trains (or reuses) one method's run of one seed (cost.py's runs too): its summary, or
+    {"method", "seed", "error"}."""
+    run_dir, data = run_dir_of(method, seed, args), data_args(args)
     train_args = ["--config", str(ROOT / "configs" / "methods" / f"{method}.yaml"), *data,
                   "--backbone", args.backbone, "--max_time", str(args.minutes), "--max_epochs", "1000",
                   "--seed", str(seed), "--output_dir", str(run_dir), *extra]  # fmt: skip
@@ -71,6 +78,15 @@ def run_method(method: str, seed: int, args: argparse.Namespace, extra: list[str
         summary = last_json(["train.py", *train_args], method)
         if "error" in summary:
             return {**failed, **summary}
+    return with_rates({**summary, "seed": seed})
+
+
+def run_method(method: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
+    """train_method, then a linear probe of the run's backbone: the summary with `linear_top1`."""
+    summary = train_method(method, seed, args, extra)
+    if "error" in summary:
+        return summary
+    run_dir, data = run_dir_of(method, seed, args), data_args(args)
     # The probe sees the data the kNN monitor saw (--train_samples/--test_samples, if given).
     limits = [a for flag in ("--train_samples", "--test_samples") if flag in extra
               for a in (flag, extra[extra.index(flag) + 1])]  # fmt: skip
@@ -82,8 +98,8 @@ def run_method(method: str, seed: int, args: argparse.Namespace, extra: list[str
                            "linear", *data, *limits, "--seed", str(seed), "--plot", "false",
                            "--track_energy", "false", "--output_dir", str(run_dir / "linear")], method)  # fmt: skip
         if "error" in probe:
-            return {**failed, **probe}
-    return with_rates({**summary, "seed": seed, "linear_top1": probe["top1"]})
+            return {"method": method, "seed": seed, **probe}
+    return {**summary, "linear_top1": probe["top1"]}
 
 
 def last_json(command: list[str], method: str) -> dict:
