@@ -85,7 +85,7 @@ def test_config_files_compose_with_flags(tmp_path):
     config = (out / "config.yaml").read_text()
     assert summary["method"] == "byol"
     assert (
-        "momentum_start: 0.99" in config
+        "momentum_start: 0.9\n" in config
         and "lr: 0.001" in config
         and "min_scale: 0.4" not in config
     )
