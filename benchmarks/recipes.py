@@ -117,11 +117,12 @@ def last_json(command: list[str], method: str) -> dict:
 def changed_settings(run_dir: Path, train_args: list[str]) -> list[str]:
     """Settings in which the run saved in run_dir differs from what train_args would train now,
     so an edited method config is trained again instead of reusing the old figure. A setting
-    the saved run predates counts as its default, which is what that run trained with."""
+    the saved run predates counts as its default, which is what that run trained with. Where the
+    run lives (output_dir) is not a setting: a finished run copied or moved into run_dir counts."""
     wanted = parse_config(TrainConfig, train_args, prog="train.py").as_dict()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     default = TrainConfig().as_dict()
-    return [k for k, v in wanted.items() if saved.get(k, default.get(k)) != v]
+    return [k for k, v in wanted.items() if k != "output_dir" and saved.get(k, default.get(k)) != v]
 
 
 def with_rates(summary: dict) -> dict:
