@@ -335,6 +335,31 @@ def test_unreadable_image_in_a_worker_names_its_path(tmp_path, image_folder):
     assert "Traceback" not in proc.stderr
 
 
+def test_method_configs_start_from_the_shared_files_their_config_key_names(tmp_path, monkeypatch):
+    """configs/common/ holds what the method configs share. Their `config:` key resolves beside
+    the file, so a config read from another working directory (a SuperNode's, say) is the same
+    recipe; the method's own keys override the shared ones, and the command line overrides both."""
+    import yaml
+
+    shared = yaml.safe_load((ROOT / "configs/common/photos-32px.yaml").read_text())
+    cpu = yaml.safe_load((ROOT / "configs/common/cpu.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+
+    def parsed(method: str, *flags: str) -> TrainConfig:
+        path = str(ROOT / "configs" / "methods" / f"{method}.yaml")
+        return parse_config(TrainConfig, ["--config", path, *flags], "train.py")
+
+    simclr = parsed("simclr")
+    assert (simclr.views, simclr.backbone_args) == (shared["views"], shared["backbone_args"])
+    assert simclr.lr == cpu["lr"] and simclr.method_args["temperature"] == 0.1
+    nnclr = parsed("nnclr")  # its own views replace the shared block (32-px crops), the rest holds
+    assert nnclr.backbone_args == shared["backbone_args"] and "input_size" not in nnclr.views
+    dino = parsed("dino")  # the CPU recipe only
+    assert dino.backbone_args == {} and dino.views["n_local_views"] == 6 and dino.lr == cpu["lr"]
+    flags = parsed("simclr", "--lr", "0.01", "--views.min_scale", "0.5")
+    assert flags.lr == 0.01 and flags.views == {**shared["views"], "min_scale": 0.5}
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_configs_hold_the_cpu_recipe_and_compose_with_the_gpu_setting(method):
     path = f"configs/methods/{method}.yaml"
