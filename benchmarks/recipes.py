@@ -86,20 +86,25 @@ def run_method(method: str, seed: int, args: argparse.Namespace, extra: list[str
     summary = train_method(method, seed, args, extra)
     if "error" in summary:
         return summary
-    run_dir, data = run_dir_of(method, seed, args), data_args(args)
-    # The probe sees the data the kNN monitor saw (--train_samples/--test_samples, if given).
+    probe = evaluate_backbone(run_dir_of(method, seed, args), "linear", seed, args, extra, method)
+    if "error" in probe:
+        return {"method": method, "seed": seed, **probe}
+    return {**summary, "linear_top1": probe["top1"]}
+
+
+def evaluate_backbone(run_dir: Path, protocol: str, seed: int, args: argparse.Namespace,
+                      extra: list[str], label: str) -> dict:  # fmt: skip
+    """evaluate.py's `protocol` on run_dir/backbone.pt (reused while newer than the backbone):
+    its results, or {"error": ...}."""
+    # The evaluation sees the data the kNN monitor saw (--train_samples/--test_samples, if given).
     limits = [a for flag in ("--train_samples", "--test_samples") if flag in extra
               for a in (flag, extra[extra.index(flag) + 1])]  # fmt: skip
-    results = run_dir / "linear" / "results.json"
+    results = run_dir / protocol / "results.json"
     if results.exists() and results.stat().st_mtime >= (run_dir / "backbone.pt").stat().st_mtime:
-        probe = json.loads(results.read_text())
-    else:
-        probe = last_json(["evaluate.py", "--checkpoint", str(run_dir / "backbone.pt"), "--protocol",
-                           "linear", *data, *limits, "--seed", str(seed), "--plot", "false",
-                           "--track_energy", "false", "--output_dir", str(run_dir / "linear")], method)  # fmt: skip
-        if "error" in probe:
-            return {"method": method, "seed": seed, **probe}
-    return {**summary, "linear_top1": probe["top1"]}
+        return json.loads(results.read_text())
+    return last_json(["evaluate.py", "--checkpoint", str(run_dir / "backbone.pt"), "--protocol",
+                      protocol, *data_args(args), *limits, "--seed", str(seed), "--plot", "false",
+                      "--track_energy", "false", "--output_dir", str(run_dir / protocol)], label)  # fmt: skip
 
 
 def last_json(command: list[str], method: str) -> dict:

@@ -104,6 +104,48 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     assert all("error" not in r for r in last_json_line(copied.out)["rows"])
 
 
+def test_reference_trains_both_pipelines_on_one_budget_and_scores_them_alike(
+    tmp_path, monkeypatch, capsys
+):
+    """Also the quick regeneration of docs/methods.md's reference table."""
+    from benchmarks.reference import DOCS
+
+    table = tmp_path / "reference.md"
+    pages = copies_of_the_pages(tmp_path, DOCS)
+    args = ["--minutes", "0.05", "--dataset", "synthetic", "--data_dir", "", "--backbone",
+            "timm:resnet10t", "--train_samples", "64", "--test_samples", "40", "--batch_size", "16",
+            "--num_workers", "0", "--runs", str(tmp_path / "runs"), "--out", str(table),
+            "--docs", ",".join(map(str, pages))]  # fmt: skip
+    first = run_script("benchmarks/reference.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = last_json_line(first.stdout)["rows"]
+    assert [r["pipeline"] for r in rows] == ["reference", "ssl_zoo"], rows
+    assert all(r["steps"] >= 1 and 0 <= r["knn_top1"] <= 1 for r in rows), rows
+    for run in ("reference-0.05min", "ssl_zoo-0.05min/simclr"):  # both scored by evaluate.py's kNN
+        assert (tmp_path / "runs" / run / "knn" / "results.json").is_file(), run
+    written = table.read_text()
+    lead = rows[1]["knn_top1"] - rows[0]["knn_top1"]
+    assert f"| 0.05 min | ssl_zoo | {rows[1]['steps']} |" in written
+    assert f"| {lead:+.3f} (target +0.05: " in written, written
+    for page in pages:
+        original = ROOT / page.relative_to(tmp_path / "pages")
+        assert f"{markers('reference')[0]}\n{written}{markers('reference')[1]}" in page.read_text()
+        assert outside_the_markers(page, "reference") == outside_the_markers(original, "reference")
+
+    # The rerun trains nothing and gives the same rows.
+    again = run_here(monkeypatch, capsys, "benchmarks/reference.py", *args)
+    assert "finished run found" in again.err and "not trained again" in again.err
+    assert last_json_line(again.out)["rows"] == rows
+    # Another setting (here the batch) is never answered with the runs of the old one.
+    at = args.index("--batch_size") + 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_here(monkeypatch, capsys, "benchmarks/reference.py", *args[:at], "8", *args[at + 1 :])
+    assert exit_info.value.code == 1
+    out, err = capsys.readouterr()
+    assert all("other settings" in r["error"] for r in last_json_line(out)["rows"]), out
+    assert "the table was not written" in err and table.read_text() == written
+
+
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
@@ -113,6 +155,8 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
         ("benchmarks/recipes.py", ["--methods", "simclr,foo"], "unknown method 'foo'"),
         ("benchmarks/recipes.py", ["--seeds", "0,0"], "--seeds: name each seed once"),
         ("benchmarks/detection.py", ["--fractions", "0.1,2"], "--fractions: must be in (0, 1]"),
+        ("benchmarks/reference.py", ["--minutes", "4,0"], "--minutes: must be > 0"),
+        ("benchmarks/reference.py", ["--minutes", ""], "--minutes: give at least one budget"),
         # --clients 0 used to start itself again and again (0 read as "not a child run").
         ("benchmarks/federated_overhead.py", ["--clients", "4,0"], "--clients: must be >= 1"),
         ("benchmarks/federated_overhead.py", ["--clients", "4,x"], "invalid list of int value"),
@@ -228,10 +272,12 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
     page a benchmark or comparison writes holds its markers."""
     from benchmarks.detection import DOCS as DETECTION
     from benchmarks.recipes import DOCS as RECIPES
+    from benchmarks.reference import DOCS as REFERENCE
     from ssl_zoo.jobs.compare import read_comparison
 
     written = {(page, "recipes") for page in RECIPES.split(",")}
     written |= {(page, "detection") for page in DETECTION.split(",")}
+    written |= {(page, "reference") for page in REFERENCE.split(",")}
     for comparison in sorted((ROOT / "configs" / "federated").glob("compare*.yaml")):
         tables = read_comparison(str(comparison.relative_to(ROOT)))[2]
         written |= {(page, name) for page, name, _ in tables}
