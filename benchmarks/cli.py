@@ -6,6 +6,7 @@ ssl_zoo/published.py) only when every run in it succeeded."""
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -47,18 +48,21 @@ def command_stamp(script: str) -> str:
     return stamp(shlex.join(["python", script, *sys.argv[1:]]))
 
 
-def publish(text: str, rows: list[dict], *writers: Callable[[str], object]) -> bool:
-    """Prints the table, and hands it to each writer (the table file, a docs page) only if no row
-    failed: a failed run must never replace published figures. Whether it was written."""
+def publish(text: str, rows: list[dict], summary: dict, *writers: Callable[[str], object]) -> None:
+    """How every benchmark ends: prints the table, hands it to each writer (the table file, a docs
+    page) only if no row failed, as a failed run must never replace published figures, prints the
+    one JSON line (summary), and exits 1 if a row failed."""
     print(text, file=sys.stderr)
     failed = [r for r in rows if "error" in r]
     if failed:
         print(f"{len(failed)} run(s) failed (their rows above): the table was not written",
               file=sys.stderr)  # fmt: skip
-        return False
-    for write in writers:
-        write(text)
-    return True
+    else:
+        for write in writers:
+            write(text)
+    print(json.dumps(summary))
+    if failed:
+        sys.exit(1)
 
 
 def at_least(low: float, cast: Callable = int) -> Callable[[str], float]:

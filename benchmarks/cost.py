@@ -17,7 +17,6 @@ markdown table to --out, the plot to --plot, and ends with one JSON line; exits 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -155,12 +154,10 @@ def main() -> None:
     title = (f"{command_stamp('benchmarks/cost.py')}: each method's configs/methods/<name>.yaml "
              f"on --dataset {args.dataset} --data_dir {args.data_dir} --max_time {args.minutes:g} "
              f"{' '.join(extra)}")  # fmt: skip
-    written = publish(table(rows, title, args.target), rows, Path(args.out).write_text,
-                      lambda _: plot(rows, Path(args.plot), args.target))  # fmt: skip
-    print(json.dumps({"title": title, "target": args.target,
-                      "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}))  # fmt: skip
-    if not written:
-        sys.exit(1)
+    summary = {"title": title, "target": args.target,
+               "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}  # fmt: skip
+    publish(table(rows, title, args.target), rows, summary, Path(args.out).write_text,
+            lambda _: plot(rows, Path(args.plot), args.target))  # fmt: skip
 
 
 if __name__ == "__main__":

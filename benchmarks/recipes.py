@@ -194,10 +194,8 @@ def main() -> None:
              f"on --dataset {args.dataset} --data_dir {args.data_dir} --backbone {args.backbone} "
              f"--max_time {args.minutes:g} {' '.join(extra)}, one at a time; linear top-1: "
              "evaluate.py --protocol linear on the final backbone")  # fmt: skip
-    written = publish(table(rows, title), rows, Path(args.out).write_text, *to_docs)
-    print(json.dumps({"title": title, "rows": rows}))
-    if not written:
-        sys.exit(1)
+    publish(table(rows, title), rows, {"title": title, "rows": rows}, Path(args.out).write_text,
+            *to_docs)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -203,10 +203,8 @@ def main() -> None:
              f"--dataset {args.dataset} --data_dir {args.data_dir}, batch {args.batch_size}, seed "
              f"{args.seed}, one run at a time; kNN top-1: evaluate.py --protocol knn on the final "
              "backbone")  # fmt: skip
-    written = publish(table(rows, title), rows, Path(args.out).write_text, *to_docs)
-    print(json.dumps({"title": title, "rows": rows}))
-    if not written:
-        sys.exit(1)
+    publish(table(rows, title), rows, {"title": title, "rows": rows}, Path(args.out).write_text,
+            *to_docs)  # fmt: skip
 
 
 if __name__ == "__main__":
