@@ -29,6 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from lightly.transforms import SimCLRTransform
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -42,6 +49,8 @@ from benchmarks.cli import (  # noqa: E402
     publish,
 )
 from benchmarks.recipes import evaluate_backbone, train_method  # noqa: E402
+from ssl_zoo.backbones import BackboneSpec, build_backbone, save_backbone  # noqa: E402
+from ssl_zoo.data import DATASETS, Transformed, collate_views, load_splits  # noqa: E402
 
 DOCS = "docs/methods.md"
 TARGET = 0.05  # kNN points ssl_zoo must lead the reference by (issue #21)
@@ -50,16 +59,6 @@ TARGET = 0.05  # kNN points ssl_zoo must lead the reference by (issue #21)
 def train_reference(run_dir: Path, minutes: float, args: argparse.Namespace) -> None:
     """The reference recipe for `minutes` of wall clock (data loading included, as for train.py's
     --max_time): writes run_dir/backbone.pt and run_dir/summary.json."""
-    import torch
-    from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
-    from lightly.transforms import SimCLRTransform
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from ssl_zoo.backbones import BackboneSpec, build_backbone, save_backbone
-    from ssl_zoo.data import DATASETS, Transformed, collate_views, load_splits
-
     torch.manual_seed(args.seed)
     splits = load_splits(args.dataset, args.data_dir or None, None, args.train_samples,
                          args.test_samples, args.seed)  # fmt: skip
@@ -80,7 +79,8 @@ def train_reference(run_dir: Path, minutes: float, args: argparse.Namespace) -> 
         raise SystemExit(f"reference: fewer training images than one batch of {args.batch_size}")
     params = [*backbone.parameters(), *head.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.06, momentum=0.9, weight_decay=5e-4)
-    backbone.train(), head.train()
+    backbone.train()
+    head.train()
     budget, steps, epochs, start = minutes * 60, 0, 0, time.perf_counter()
     with tqdm(
         desc=f"reference, {minutes:g} min", unit="step", file=sys.stderr, mininterval=10
