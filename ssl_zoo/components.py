@@ -16,7 +16,7 @@ from ssl_zoo.config import RunConfig, check_accelerator, make_output_dir
 from ssl_zoo.data import DATASETS, Splits, load_splits
 from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.methods import METHODS, SSLMethod, build_method
-from ssl_zoo.views import RepeatedViews, build_views
+from ssl_zoo.views import RepeatedViews, bad_views_options, build_views
 
 
 @dataclass
@@ -90,12 +90,22 @@ def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components
     )
     model.checkpoint_meta = {"image_size": splits.image_size, "normalize": normalize}
     views = build_views(model.views, splits.image_size, normalize, cfg.views)
-    check_views_fit_backbone(model.backbone, views(splits.train[0][0]), cfg.backbone)
+    check_views_fit_backbone(model.backbone, first_views(views, splits.train[0][0], cfg.views),
+                             cfg.backbone)  # fmt: skip
     if cfg.augment == "batched":
         views = BatchViews.from_lightly(views, repeats=cfg.hard_views)
     elif cfg.hard_views > 1:
         views = RepeatedViews(views, cfg.hard_views)
     return Components(splits, spec, model, views, normalize)
+
+
+def first_views(views, image, options: dict) -> list:
+    """One image's views, drawn before any work: some options out of range (a crop scale above
+    1) pass the transform's constructor and fail only when it draws."""
+    try:
+        return views(image)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise bad_views_options(options, err) from None
 
 
 @torch.no_grad()

@@ -109,7 +109,20 @@ def build_views(kind: str, image_size: int, normalize: dict, options: dict | Non
         raise UserError(
             f"views {pipeline.sized_by[0]} must be a positive number of pixels, not {size!r}"
         )
-    return pipeline.build(size, normalize, **options)
+    try:
+        return pipeline.build(size, normalize, **options)
+    except (ValueError, TypeError) as err:
+        raise bad_views_options(options, err) from None
+
+
+def bad_views_options(options: dict, err: Exception) -> UserError:
+    """lightly's and torchvision's transforms check most values themselves (a probability above
+    1, a negative jitter strength): their own reason, in one line, with the options given."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return UserError(
+        f"the views cannot be made with the options {options} ({reason}); check their values "
+        "(scales and probabilities lie in [0, 1], a minimum below its maximum)"
+    )
 
 
 class RepeatedViews:

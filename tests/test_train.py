@@ -235,6 +235,10 @@ BAD_INPUTS = [
     (["--strategy", "fsdp"], "unknown strategy 'fsdp'; valid choices: auto, ddp"),
     (["--devices", "0"], "devices must be >= 1 (got 0)"),
     (["--seed", "-5"], "seed must be in [0, 2**32) (got -5)"),  # was numpy's traceback
+    # Refused by lightly's or torchvision's transforms when made, or only when first drawn (a
+    # crop scale above 1 was a traceback from the first training step):
+    (["--views", "{cj_prob: 3}"], "the views cannot be made with the options {'cj_prob': 3}"),
+    (["--views", "{min_scale: 2}"], "(uniform_ expects to return a [from, to) range"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--accelerator", "gpu"], "--accelerator gpu: this machine has none"))
