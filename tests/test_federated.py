@@ -594,6 +594,12 @@ def test_by_split_gives_runs_that_share_a_cell_rows_of_their_own():
     table = by_split(rows, "head")
     assert "| simclr | fedavg | 0.200 | 0.400 | 0.430 | -3.0 |" in table
     assert "| simclr | fedavg (b) | 0.200 | 0.410 | 0.430 | -2.0 |" in table
+    # Without centralized runs (the algorithms' comparison) the table has no empty columns.
+    table = by_split([{**run, "name": "a", "knn_top1": 0.4},
+                      {**run, "name": "d", "algorithm": "fedx", "partition": "2-class shards",
+                       "knn_top1": 0.38}], "head")  # fmt: skip
+    assert "| method | algorithm | kNN init | IID | 2-class shards |\n" in table
+    assert "| simclr | fedx | 0.200 |  | 0.380 |" in table and "centralized" not in table
 
 
 def test_each_federated_run_is_read_against_the_centralized_run_of_equal_compute():

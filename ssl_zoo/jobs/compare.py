@@ -229,7 +229,8 @@ def centralized_pairs(rows: list[dict]) -> dict[str, dict]:
 
 def by_split(rows: list[dict], header: str) -> str:
     """Final kNN top-1 with one row per method and algorithm and one column per split, beside
-    the centralized run of equal compute and, where there is an IID run, its gap to it."""
+    the centralized run of equal compute and, where there is an IID run, its gap to it (a
+    comparison without centralized runs, such as the algorithms', has no such columns)."""
     splits = list(dict.fromkeys(r["partition"] for r in rows if r["kind"] != "centralized"))
     pairs = centralized_pairs(rows)
     cells: dict[tuple[str, str], dict] = {}
@@ -239,30 +240,26 @@ def by_split(rows: list[dict], header: str) -> str:
             if r["partition"] in cells.get(key, {}):  # runs differing otherwise: a row of its own
                 key = (r["method"], f"{r['algorithm']} ({r['name']})")
             cells.setdefault(key, {})[r["partition"]] = r
+    central = any(r["kind"] == "centralized" for r in rows)
     gap = "IID" in splits and bool(pairs)
-    lines = [header, "", "Final kNN top-1 of each federated run, by split, beside the centralized run of equal "
-             "compute.", "",
-             "| method | algorithm | kNN init | " + " | ".join(splits) + " | centralized |"
-             + (" IID - centralized |" if gap else ""),
-             "| --- " * (len(splits) + 4 + bool(gap)) + "|"]  # fmt: skip
+    columns = ["method", "algorithm", "kNN init", *splits]
+    columns += ["centralized"] * central + ["IID - centralized"] * gap
+    intro = "Final kNN top-1 of each federated run, by split"
+    intro += ", beside the centralized run of equal compute." if central else "."
+    lines = [header, "", intro, "", "| " + " | ".join(columns) + " |",
+             "| --- " * len(columns) + "|"]  # fmt: skip
     for (method, algorithm), by in cells.items():
         first = by.get("IID") or next(iter(by.values()))
-        central = pairs.get(first["name"])
-        finals = [f"{by[s]['knn_top1']:.3f}" if s in by else "" for s in splits]
-        centre = f"{central['knn_top1']:.3f}" if central else ""
-        line = (
-            f"| {method} | {algorithm} | {first['knn_top1_init']:.3f} | "
-            + " | ".join(finals)
-            + f" | {centre} |"
-        )
+        paired = pairs.get(first["name"])
+        cells_ = [method, algorithm, f"{first['knn_top1_init']:.3f}"]
+        cells_ += [f"{by[s]['knn_top1']:.3f}" if s in by else "" for s in splits]
+        if central:
+            cells_.append(f"{paired['knn_top1']:.3f}" if paired else "")
         if gap:
             iid = by.get("IID")
-            line += (
-                f" {100 * (iid['knn_top1'] - central['knn_top1']):+.1f} |"
-                if iid and central
-                else "  |"
-            )
-        lines.append(line)
+            ok = iid and paired
+            cells_.append(f"{100 * (iid['knn_top1'] - paired['knn_top1']):+.1f}" if ok else "")
+        lines.append("| " + " | ".join(cells_) + " |")
     return "\n".join(lines) + "\n"
 
 
