@@ -4,6 +4,7 @@ import contextlib
 import csv
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -535,7 +536,9 @@ def test_comparison_writes_csv_markdown_and_plot(tmp_path):
                              "--rounds", "2"])  # fmt: skip
     published = page.read_text()
     assert "old" not in published and published.endswith("after\n")
-    assert (out / "comparison.md").read_text() in published
+    # comparison.md holds the three views, each as it was published between its markers
+    between = re.findall(r"<!-- compare[a-z-]* table -->\n(.*?)<!-- /", published, flags=re.S)
+    assert len(between) == 3 and (out / "comparison.md").read_text() == "\n".join(between)
     assert "`python federate.py --compare " in published and str(date.today()) in published
     assert (
         "| method | algorithm | kNN init | IID | 2-class shards | centralized | IID - centralized |"

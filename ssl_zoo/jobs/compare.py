@@ -1,5 +1,6 @@
 """Several runs side by side: federated runs (methods x partitions) and centralized runs at equal
-total compute, then comparison.csv, comparison.md and comparison.png (kNN top-1 per round).
+total compute, then comparison.csv, comparison.md (three views: every run, by split, by
+epoch-equivalent) and comparison.png (kNN top-1 per round).
 
 A comparison file names a base config and a list of runs, each a name, optionally `config:` (a
 method's recipe, configs/methods/NAME.yaml, or a list of files) and the options it changes;
@@ -196,11 +197,9 @@ def compare(cfg, argv: list[str]) -> dict:
                          "bytes_up": summary["bytes_up"], "bytes_down": summary["bytes_down"]})  # fmt: skip
         curves[name] = curve
     header = stamp(shlex.join(["python", "federate.py", *argv]))
-    text = write_reports(out, rows, curves, header)
-    texts = {"runs": lambda: text, "by-split": lambda: by_split(rows, header),
-             "by-epoch": lambda: by_epoch(rows, curves, header)}  # fmt: skip
+    views = write_reports(out, rows, curves, header)
     for page, name, kind in tables:
-        write_table(Path(page), name, texts[kind]())
+        write_table(Path(page), name, views[kind])
         print(f"[compare] wrote the {name} table into {page}", flush=True)
     return {
         "compare": cfg.compare,
@@ -281,8 +280,10 @@ def by_epoch(rows: list[dict], curves: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(out: Path, rows: list[dict], curves: dict, header: str) -> str:
-    """comparison.csv, .md, .json and .png in `out`; the markdown table's text."""
+def write_reports(out: Path, rows: list[dict], curves: dict, header: str) -> dict[str, str]:
+    """comparison.csv, .md, .json and .png in `out`; the markdown of each view (`runs`, `by-split`,
+    `by-epoch`). comparison.md holds all three, so a subset run with --compare_only (never
+    published) still has its final kNN by split and its kNN per epoch-equivalent to read."""
     keys = list(rows[0])
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=keys)
@@ -301,8 +302,9 @@ def write_reports(out: Path, rows: list[dict], curves: dict, header: str) -> str
             f"{r['knn_top1']:.3f} | {r['seconds']} | {r['seconds_per_round']} | "
             f"{r['bytes_up'] / 1e6:.0f} | {r['bytes_down'] / 1e6:.0f} |"
         )
-    text = "\n".join(lines) + "\n"
-    write_atomically(out / "comparison.md", text)
+    views = {"runs": "\n".join(lines) + "\n", "by-split": by_split(rows, header),
+             "by-epoch": by_epoch(rows, curves, header)}  # fmt: skip
+    write_atomically(out / "comparison.md", "\n".join(views.values()))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,4 +340,4 @@ def write_reports(out: Path, rows: list[dict], curves: dict, header: str) -> str
     write_atomically(
         out / "comparison.json", json.dumps({"rows": rows, "curves": curves}, indent=2)
     )
-    return text
+    return views
