@@ -250,15 +250,15 @@ def by_split(rows: list[dict], header: str) -> str:
     for (method, algorithm), by in cells.items():
         first = by.get("IID") or next(iter(by.values()))
         paired = pairs.get(first["name"])
-        cells_ = [method, algorithm, f"{first['knn_top1_init']:.3f}"]
-        cells_ += [f"{by[s]['knn_top1']:.3f}" if s in by else "" for s in splits]
+        row = [method, algorithm, f"{first['knn_top1_init']:.3f}"]
+        row += [f"{by[s]['knn_top1']:.3f}" if s in by else "" for s in splits]
         if central:
-            cells_.append(f"{paired['knn_top1']:.3f}" if paired else "")
+            row.append(f"{paired['knn_top1']:.3f}" if paired else "")
         if gap:
             iid = by.get("IID")
             ok = iid and paired
-            cells_.append(f"{100 * (iid['knn_top1'] - paired['knn_top1']):+.1f}" if ok else "")
-        lines.append("| " + " | ".join(cells_) + " |")
+            row.append(f"{100 * (iid['knn_top1'] - paired['knn_top1']):+.1f}" if ok else "")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
