@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import sys
 import typing
+from argparse import ArgumentError
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ssl_zoo.errors import UserError
@@ -199,6 +201,7 @@ class RunConfig:
             (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.knn_k >= 1 and self.knn_t > 0, "knn_k must be >= 1 and knn_t > 0"),
+            *sample_count_checks(self),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.augment in AUGMENT, f"augment must be one of {', '.join(AUGMENT)}"),
             (self.hard_views >= 1, f"hard_views must be >= 1 (got {self.hard_views})"),
@@ -222,6 +225,12 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def sample_count_checks(cfg) -> list[tuple[bool, str]]:
+    """--train_samples and --test_samples, where given, must leave at least one image."""
+    counts = {"train_samples": cfg.train_samples, "test_samples": cfg.test_samples}
+    return [(n is None or n >= 1, f"{name} must be >= 1 (got {n})") for name, n in counts.items()]
 
 
 STRATEGIES = ("auto", "ddp")
@@ -268,7 +277,11 @@ class TrainConfig(RunConfig):
 
 
 def build_parser(config_class: type, prog: str) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=(config_class.__doc__ or "").split("\n")[0])
+    # exit_on_error=False: a bad option or config becomes a UserError (one line, exit code 2)
+    # instead of jsonargparse's usage dump and a message wrapped over several lines.
+    parser = ArgumentParser(
+        prog=prog, description=(config_class.__doc__ or "").split("\n")[0], exit_on_error=False
+    )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config; may be repeated")
     parser.add_class_arguments(config_class)
     return parser
@@ -294,10 +307,30 @@ def bare_flags_to_true(argv: list[str], flags: set[str]) -> list[str]:
     return out
 
 
+def check_yaml_files(argv: list[str]) -> None:
+    """A --config file that is not YAML, named with the line where it breaks (jsonargparse's own
+    message names neither the file nor, with several --config files, which one)."""
+    paths = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"]
+    paths += [a.removeprefix("--config=") for a in argv if a.startswith("--config=")]
+    for path in paths:
+        if Path(path).is_file():
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                problem = getattr(err, "problem", None) or type(err).__name__
+                raise UserError(f"--config {path} is not valid YAML: {problem}{where}") from None
+
+
 def parse_config(config_class: type, argv: list[str] | None, prog: str):
     parser = build_parser(config_class, prog)
     argv = sys.argv[1:] if argv is None else argv
-    namespace = parser.parse_args(bare_flags_to_true(list(argv), bool_options(config_class)))
+    check_yaml_files(argv)
+    try:
+        namespace = parser.parse_args(bare_flags_to_true(list(argv), bool_options(config_class)))
+    except ArgumentError as err:
+        raise UserError(f"{' '.join(str(err).split())} (options: {prog} --help)") from None
     values = {k: v for k, v in vars(namespace).items() if k != "config"}
     config = config_class(**values)
     config.validate()

@@ -180,6 +180,8 @@ BAD = [
     (["--checkpoint", "BACKBONE", "--protocol", "svm"], "unknown protocol 'svm'; valid choices: all, detection, finetune, knn, linear"),
     (["--checkpoint", "random"], "--checkpoint random needs --backbone NAME"),
     (["--checkpoint", "BACKBONE", "--seed", "-1"], "seed must be in [0, 2**32) (got -1)"),
+    (["--checkpoint", "BACKBONE", "--knn_k", "0"], "knn_k must be >= 1 and knn_t > 0 (got 0, 0.1)"),  # was accepted
+    (["--checkpoint", "BACKBONE", "--train_samples", "0"], "train_samples must be >= 1 (got 0)"),
 ]  # fmt: skip
 
 
@@ -189,8 +191,9 @@ def test_bad_input_is_one_line_and_nonzero(trained, tmp_path, capsys, args, mess
     with pytest.raises(SystemExit) as exit_info:
         run_main(evaluate_main, [*COMMON, *args, "--output_dir", str(tmp_path)])
     assert exit_info.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last, last
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in err, err
 
 
 def test_a_short_quickstart_run_beats_the_random_init_baseline(tmp_path):

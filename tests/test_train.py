@@ -235,6 +235,16 @@ BAD_INPUTS = [
     (["--strategy", "fsdp"], "unknown strategy 'fsdp'; valid choices: auto, ddp"),
     (["--devices", "0"], "devices must be >= 1 (got 0)"),
     (["--seed", "-5"], "seed must be in [0, 2**32) (got -5)"),  # was numpy's traceback
+    (["--train_samples", "0"], "train_samples must be >= 1 (got 0)"),  # was an IndexError
+    # jsonargparse's own refusals, on one line instead of a usage dump and a wrapped message:
+    (
+        ["--max_epochs", "abc"],
+        "Parser key \"max_epochs\": Expected a <class 'int'>. Got value: abc",
+    ),
+    (
+        ["--no_such_option", "1"],
+        "unrecognized arguments: --no_such_option 1 (options: train.py --help)",
+    ),
     # Refused by lightly's or torchvision's transforms when made, or only when first drawn (a
     # crop scale above 1 was a traceback from the first training step):
     (["--views", "{cj_prob: 3}"], "the views cannot be made with the options {'cj_prob': 3}"),
@@ -250,9 +260,24 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
         run_main(main, tiny_args(out, *extra))
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1], err
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, err
+    assert "Traceback" not in err and "usage:" not in err, err
     assert not (out / "summary.json").exists()
+
+
+def test_a_config_that_is_not_yaml_is_named_with_its_line(tmp_path, capsys):
+    """With several --config files, jsonargparse's own message named none of them."""
+    good, broken = tmp_path / "good.yaml", tmp_path / "broken.yaml"
+    good.write_text("max_epochs: 1\n")
+    broken.write_text("views:\n  cj_prob: [0.8,\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, tiny_args(tmp_path / "run", "--config", str(good), f"--config={broken}"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --config {broken} is not valid YAML: ") and "(line 3, " in err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
