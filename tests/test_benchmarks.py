@@ -222,8 +222,11 @@ def test_throughput_prints_the_three_rates_and_their_ratios(precision):
     assert row["precision"] == precision
     rates = [row[f"{k}_views_per_s"] for k in ("limit", "ssl_zoo", "reference")]
     assert all(rate > 0 for rate in rates), row
-    assert abs(row["ratio_to_limit"] - rates[1] / rates[0]) < 0.01, row
-    assert abs(row["ratio_to_reference"] - rates[1] / rates[2]) < 0.01, row
+    # The ratios come from the unrounded rates, printed to 0.1 views/s: at a few views/s (a
+    # busy machine) that rounding alone moves the quotient by more than 0.01.
+    for ratio, below in (("ratio_to_limit", rates[0]), ("ratio_to_reference", rates[2])):
+        rounding = rates[1] / below * (0.05 / rates[1] + 0.05 / below)
+        assert abs(row[ratio] - rates[1] / below) <= rounding + 0.001, row
 
 
 def test_federated_overhead_splits_a_round_for_each_client_count():
