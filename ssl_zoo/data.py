@@ -8,6 +8,7 @@ Every dataset is reduced to the same three splits of (PIL image, label) pairs:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,6 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     DistributedSampler,
-    RandomSampler,
-    SequentialSampler,
     Subset,
 )
 from tqdm.auto import tqdm
@@ -287,12 +286,36 @@ def uint8_images(dataset: Dataset, size: int) -> torch.Tensor:
 
 
 class EpochBatchSampler(BatchSampler):
-    """A BatchSampler that passes Lightning's set_epoch on to its sampler, so a DDP run's
-    shuffled shares change from epoch to epoch."""
+    """Batches of an epoch-seeded sampler (Lightning's set_epoch is passed on, so each epoch's
+    order comes from (seed, epoch)); in a run resumed from a checkpoint taken mid-epoch, the
+    batches that epoch had already trained on are skipped, so the next one is the batch the
+    interrupted run would have taken."""
+
+    epoch = 0
+    resume_at: tuple[int, int] | None = None  # (epoch, batches done): see resume_mid_epoch
 
     def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        resume, self.resume_at = self.resume_at, None
+        skip = resume[1] if resume and resume[0] == self.epoch else 0
+        yield from itertools.islice(super().__iter__(), skip, None)
+
+
+def resume_mid_epoch(loader: DataLoader, epoch: int, batches: int) -> None:
+    """Make a resumed run's training loader skip the `batches` of `epoch` a checkpoint taken
+    mid-epoch had trained on. Called before the loader's first batch; with DataLoader workers
+    (--augment pil, --num_workers > 0) the first batches' indices are already drawn by then,
+    so the resumed epoch starts its order over, as Lightning's own loaders do.
+
+    (Lightning's stateful-loader protocol cannot do it: a method's configure_optimizers asks for
+    the steps to schedule, which builds the loaders before the checkpoint is restored, and
+    Lightning loads a loader's state only when it builds it.)"""
+    for sampler in (loader.batch_sampler, loader.sampler):
+        if isinstance(sampler, EpochBatchSampler):
+            sampler.resume_at = (epoch, batches)
 
 
 class IndexedBatches(Dataset):
@@ -348,12 +371,16 @@ class SSLDataModule(L.LightningDataModule):
         """Which images this process sees, in which order. Under DDP each rank its share, made
         here because Lightning's own sampler replacement (off: train.py) cannot reach inside the
         batched loader's BatchSampler. Unshuffled shares are padded to equal length and
-        interleaved (rank r: images r, r + world, ...), which the kNN monitor undoes."""
+        interleaved (rank r: images r, r + world, ...), which the kNN monitor undoes.
+        One process shuffles the same way, with a world of one: the order is drawn from
+        (seed, epoch) alone, never from the global random stream, so a run resumed mid-epoch
+        can take up the epoch's order where it stopped."""
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            return DistributedSampler(dataset, trainer.world_size, trainer.global_rank,
-                                      shuffle=train, seed=self.seed, drop_last=train)  # fmt: skip
-        return RandomSampler(dataset) if train else SequentialSampler(dataset)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        # DistributedSampler seeds each epoch with seed + epoch: spread the seeds so that seed s's
+        # epoch e + 1 is not seed s + 1's epoch e.
+        return DistributedSampler(dataset, world, rank, shuffle=train,
+                                  seed=self.seed * 1_000_003, drop_last=train)  # fmt: skip
 
     def _loader(self, dataset: Dataset, train: bool, collate=None) -> DataLoader:
         if self.batched:
@@ -367,9 +394,7 @@ class SSLDataModule(L.LightningDataModule):
             )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=self._order(dataset, train),
-            drop_last=train,
+            batch_sampler=EpochBatchSampler(self._order(dataset, train), self.batch_size, train),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -194,7 +194,7 @@ def test_datamodule_serves_batched_views_and_monitor_batches_like_the_pil_path()
 
     class Stage:  # what the data module reads of its Trainer
         training = True
-        world_size = 1
+        world_size, global_rank = 1, 0
 
     dm.trainer = Stage()
     pair, labels = dm.on_after_batch_transfer((images, labels), 0)

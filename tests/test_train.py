@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,6 +144,47 @@ def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
     assert len(kwh) == 5 and all(a < b for a, b in zip(kwh, kwh[1:], strict=False)), kwh
 
 
+def test_killed_mid_epoch_run_resumes_to_the_uninterrupted_run(tmp_path):
+    """kill -9 after a checkpoint taken mid-epoch (--checkpoint_minutes 0.001: after nearly every
+    step), then --resume: the loader skips the batches the epoch had trained on and the random
+    streams continue from the checkpoint, so the losses and kNN are the uninterrupted run's."""
+    args = ["--max_epochs", "3", "--batch_size", "8", "--checkpoint_minutes", "0.001"]
+    steps_per_epoch = 64 // 8
+    whole = main(tiny_args(tmp_path / "whole", *args))
+    for attempt in range(3):  # until the kept checkpoint is a mid-epoch one
+        out = tmp_path / f"killed{attempt}"
+        ckpt = out / "checkpoints" / "last.ckpt"
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *tiny_args(out, *args)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            seen = set()
+            while proc.poll() is None and len(seen) < 4 + attempt:  # a few checkpoints in
+                if ckpt.exists():
+                    seen.add(ckpt.stat().st_mtime_ns)
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait()
+        assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+        step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+        if step % steps_per_epoch:
+            break
+    assert step % steps_per_epoch, f"no mid-epoch checkpoint in 3 tries (last at step {step})"
+    resumed = main(tiny_args(out, *args, "--resume", "true"))
+
+    def losses(run):
+        rows = read_csv_rows(run / "metrics.csv")
+        return [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+
+    # Lightning writes a step's row after that step's checkpoint: killed in between, the row of
+    # the checkpoint's own step is lost (the kill here comes within 10 ms of the checkpoint).
+    resumed_losses, whole_losses = dict(losses(out)), dict(losses(tmp_path / "whole"))
+    assert len(whole_losses) == whole["steps"] == 24
+    assert set(whole_losses) - set(resumed_losses) <= {step - 1}, sorted(resumed_losses)
+    assert resumed_losses == pytest.approx({k: whole_losses[k] for k in resumed_losses}, rel=1e-5)
+    assert resumed["knn_top1"] == pytest.approx(whole["knn_top1"], abs=1e-6)
+
+
 def test_long_epochs_are_checkpointed_every_checkpoint_minutes(tmp_path):
     """With no monitor epoch in the run (kNN every 5 of 2 epochs), only the time trigger can
     have written last.ckpt: 0.001 minutes puts one after nearly every step."""
@@ -267,17 +309,33 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys, extra, message):
     assert not (out / "summary.json").exists()
 
 
-def test_a_config_that_is_not_yaml_is_named_with_its_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("views:\n  cj_prob: [0.8,\n", "is not valid YAML: "),  # named with its line, below
+        ("max_epochs: 1\nno_such_key: 2\n", "Option 'no_such_key' is not accepted"),
+    ],
+)
+def test_a_config_that_does_not_parse_is_one_line(tmp_path, capsys, text, message):
     """With several --config files, jsonargparse's own message named none of them."""
-    good, broken = tmp_path / "good.yaml", tmp_path / "broken.yaml"
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text("max_epochs: 1\n")
-    broken.write_text("views:\n  cj_prob: [0.8,\n")
+    bad.write_text(text)
     with pytest.raises(SystemExit) as exit_info:
-        run_main(main, tiny_args(tmp_path / "run", "--config", str(good), f"--config={broken}"))
+        run_main(main, tiny_args(tmp_path / "run", "--config", str(good), f"--config={bad}"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: --config {broken} is not valid YAML: ") and "(line 3, " in err
-    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    if "YAML" in message:
+        assert err.startswith(f"error: --config {bad} is not valid YAML: ") and "(line 3, " in err
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # /proc takes no new directories, even from root
+        run_main(main, tiny_args(Path("/proc/ssl_zoo_run")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: cannot create --output_dir /proc/ssl_zoo_run: No such file or directory"
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):

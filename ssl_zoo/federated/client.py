@@ -165,7 +165,8 @@ def fit_client(
     counted = _step_flops.setdefault(model, {})
     flops_key = step_flops_key(algorithm, client, batch_size, received)
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
-    datamodule = SSLDataModule(splits, views, normalize, batch_size, cfg.num_workers)
+    datamodule = SSLDataModule(splits, views, normalize, batch_size, cfg.num_workers,
+                               seed=client_seed(cfg.seed, round_index, client))  # fmt: skip
     trainer = L.Trainer(
         max_steps=steps_per_round,
         max_epochs=-1,

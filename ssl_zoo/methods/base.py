@@ -13,10 +13,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightly.models.utils import (
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 
 from ssl_zoo.allocator import keep_freed_memory
 from ssl_zoo.backbones import BackboneSpec, build_backbone
+from ssl_zoo.data import resume_mid_epoch
 from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.evaluation.knn import knn_accuracy
 from ssl_zoo.evaluation.label_free import embedding_std, rankme
@@ -108,12 +111,24 @@ class SSLMethod(L.LightningModule):
         # warm-up, cosine and momentum on the global schedule instead of restarting every round.
         self.schedule_offset: tuple[int, int] | None = None
         self.epoch_seed: int | None = None  # set by train.py
+        self._resumed_epoch: dict | None = None  # where a resumed checkpoint's epoch stood
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ssl_zoo"] = {
             "backbone_spec": asdict(self.backbone_spec),
             **self.checkpoint_meta,
         }
+        # Where the epoch stood (batches trained on, random streams): a checkpoint taken
+        # mid-epoch resumes with the next batch and the same views and random ops. (An epoch's
+        # start reseeds its streams from (seed, epoch) anyway.)
+        checkpoint["ssl_zoo_epoch"] = {
+            "epoch": self.current_epoch,
+            "batches": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            "random_states": random_states(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_epoch = checkpoint.get("ssl_zoo_epoch")
 
     def on_train_epoch_start(self) -> None:
         # Each epoch's random streams (views, shuffling) come from (seed, epoch), so a run
@@ -246,6 +261,14 @@ class SSLMethod(L.LightningModule):
             # Lightning seeds every DDP process alike: without this, the ranks' batched views
             # would share their crops and colour jitter, image slot by image slot.
             torch.manual_seed(torch.initial_seed() + self.global_rank)
+        resumed, self._resumed_epoch = self._resumed_epoch, None
+        if resumed:
+            # Here, after Lightning made the resumed run's data iterator (which draws a number
+            # from the global stream) and before its first batch. The random streams on one
+            # process only: a checkpoint holds the first rank's, not each rank's.
+            resume_mid_epoch(self.trainer.train_dataloader, resumed["epoch"], resumed["batches"])
+            if self.trainer.world_size == 1:
+                set_random_states(resumed["random_states"])
 
     def training_step(self, batch, batch_idx):
         views, labels = batch
@@ -352,3 +375,26 @@ class SSLMethod(L.LightningModule):
         self.log_dict(metrics, prog_bar=True, sync_dist=True)  # the same on every rank
         self.last_metrics = {**metrics, "step": self.global_step}
         self._val_outputs = {}
+
+
+def random_states() -> dict:
+    """The global random streams a training step draws from (views, dropout, random ops), as
+    tensors and numbers, which a checkpoint loaded with weights_only=True may hold."""
+    name, keys, *rest = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
