@@ -200,8 +200,7 @@ class RunConfig:
             (0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed})"),
             (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
-            (self.knn_k >= 1 and self.knn_t > 0, "knn_k must be >= 1 and knn_t > 0"),
-            *sample_count_checks(self),
+            *data_checks(self),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.augment in AUGMENT, f"augment must be one of {', '.join(AUGMENT)}"),
             (self.hard_views >= 1, f"hard_views must be >= 1 (got {self.hard_views})"),
@@ -215,9 +214,7 @@ class RunConfig:
         ]
 
     def validate(self) -> None:
-        for ok, message in self.checks():
-            if not ok:
-                raise UserError(message)
+        raise_first_failure(self.checks())
         if self.logger not in LOGGERS:
             raise UserError(f"unknown logger '{self.logger}'; valid choices: {', '.join(LOGGERS)}")
         check_accelerator(self.accelerator)
@@ -227,10 +224,20 @@ class RunConfig:
         return asdict(self)
 
 
-def sample_count_checks(cfg) -> list[tuple[bool, str]]:
-    """--train_samples and --test_samples, where given, must leave at least one image."""
+def data_checks(cfg) -> list[tuple[bool, str]]:
+    """What train.py, federate.py and evaluate.py check alike: the kNN classifier's options, and
+    --train_samples and --test_samples, where given, leaving at least one image."""
     counts = {"train_samples": cfg.train_samples, "test_samples": cfg.test_samples}
-    return [(n is None or n >= 1, f"{name} must be >= 1 (got {n})") for name, n in counts.items()]
+    knn = f"knn_k must be >= 1 and knn_t > 0 (got {cfg.knn_k}, {cfg.knn_t})"
+    return [(cfg.knn_k >= 1 and cfg.knn_t > 0, knn)] + [
+        (n is None or n >= 1, f"{name} must be >= 1 (got {n})") for name, n in counts.items()
+    ]
+
+
+def raise_first_failure(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
 
 
 STRATEGIES = ("auto", "ddp")

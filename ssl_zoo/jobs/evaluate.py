@@ -20,10 +20,11 @@ from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, 
 from ssl_zoo.config import (
     LOGGERS,
     check_accelerator,
+    data_checks,
     inference_device,
     json_entry_point,
     make_output_dir,
-    sample_count_checks,
+    raise_first_failure,
     write_atomically,
 )
 from ssl_zoo.cost import EnergyMeter, gflops, peak_rss_mb
@@ -158,11 +159,7 @@ class EvalConfig:
             raise UserError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.checkpoint == "random" and not self.backbone:
             raise UserError("--checkpoint random needs --backbone NAME (e.g. resnet18)")
-        for ok, message in sample_count_checks(self):
-            if not ok:
-                raise UserError(message)
-        if self.knn_k < 1 or self.knn_t <= 0:
-            raise UserError(f"knn_k must be >= 1 and knn_t > 0 (got {self.knn_k}, {self.knn_t})")
+        raise_first_failure(data_checks(self))
         if self.batch_size < 1 or self.num_workers < 0:
             raise UserError("batch_size must be >= 1 and num_workers >= 0")
         if self.linear_epochs < 1 or self.finetune_steps < 1:
