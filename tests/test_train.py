@@ -101,6 +101,12 @@ def test_time_budget_anneals_and_ends_cleanly(tmp_path):
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "backbone.pt").is_file()
 
 
+def logged_losses(run) -> list[tuple[int, float]]:
+    """(step, training loss) of each logged step of a run."""
+    rows = read_csv_rows(run / "metrics.csv")
+    return [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+
+
 def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
     """kill -9 once the first checkpoint is written (after epoch 1's monitor), then --resume:
     the same per-step losses and final kNN as a run never interrupted, since every epoch's
@@ -122,15 +128,11 @@ def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
     with pytest.raises(UserError, match="already holds a finished run; choose another"):
         main(tiny_args(out, *args))
 
-    def losses(run):
-        rows = read_csv_rows(run / "metrics.csv")
-        return [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
-
-    assert len(losses(out)) == whole["steps"] == 16
-    steps, resumed_losses = zip(*losses(out), strict=True)
+    assert len(logged_losses(out)) == whole["steps"] == 16
+    steps, resumed_losses = zip(*logged_losses(out), strict=True)
     assert list(steps) == list(range(16))
     assert resumed_losses == pytest.approx(
-        [loss for _, loss in losses(tmp_path / "whole")], rel=1e-5
+        [loss for _, loss in logged_losses(tmp_path / "whole")], rel=1e-5
     )
     assert resumed["knn_top1"] == pytest.approx(whole["knn_top1"], abs=1e-6)
 
@@ -172,13 +174,9 @@ def test_killed_mid_epoch_run_resumes_to_the_uninterrupted_run(tmp_path):
     assert step % steps_per_epoch, f"no mid-epoch checkpoint in 3 tries (last at step {step})"
     resumed = main(tiny_args(out, *args, "--resume", "true"))
 
-    def losses(run):
-        rows = read_csv_rows(run / "metrics.csv")
-        return [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
-
     # Lightning writes a step's row after that step's checkpoint: killed in between, the row of
     # the checkpoint's own step is lost (the kill here comes within 10 ms of the checkpoint).
-    resumed_losses, whole_losses = dict(losses(out)), dict(losses(tmp_path / "whole"))
+    resumed_losses, whole_losses = dict(logged_losses(out)), dict(logged_losses(tmp_path / "whole"))
     assert len(whole_losses) == whole["steps"] == 24
     assert set(whole_losses) - set(resumed_losses) <= {step - 1}, sorted(resumed_losses)
     assert resumed_losses == pytest.approx({k: whole_losses[k] for k in resumed_losses}, rel=1e-5)
