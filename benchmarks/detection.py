@@ -8,8 +8,8 @@ same budget (epochs over the labeled images), and both against all labels.
 The pretraining is `train.py --config configs/detection/pretrain-scenes.yaml`, each detection run
 `evaluate.py --config configs/detection/scenes.yaml`, each in a process of its own; finished runs
 (summary.json, results.json) under --runs are reused. Writes the markdown table to --out and
-between the `detection` markers of the --docs pages (docs/detection.md), and ends with one JSON
-line of all rows.
+between the `detection` markers of the --docs pages (README.md and docs/detection.md), and ends
+with one JSON line of all rows.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ QUICK_DETECTION = ["--train_samples", "16", "--test_samples", "8", "--det_size",
 
 
 # The pages whose `detection` table this benchmark writes (tests/test_benchmarks.py checks them).
-DOCS = "docs/detection.md"
+DOCS = "README.md,docs/detection.md"
 
 
 def run(script: str, args: list[str], done: Path) -> dict:
