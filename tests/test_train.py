@@ -128,8 +128,9 @@ def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
     with pytest.raises(UserError, match="already holds a finished run; choose another"):
         main(tiny_args(out, *args))
 
-    assert len(logged_losses(out)) == whole["steps"] == 16
-    steps, resumed_losses = zip(*logged_losses(out), strict=True)
+    resumed_log = logged_losses(out)
+    assert len(resumed_log) == whole["steps"] == 16
+    steps, resumed_losses = zip(*resumed_log, strict=True)
     assert list(steps) == list(range(16))
     assert resumed_losses == pytest.approx(
         [loss for _, loss in logged_losses(tmp_path / "whole")], rel=1e-5
