@@ -15,7 +15,7 @@ from ssl_zoo.data import SYNTHETIC_NORMALIZE
 from ssl_zoo.detection.data import load_detection
 from ssl_zoo.detection.model import build_detector
 from ssl_zoo.detection.protocol import mean_average_precision
-from ssl_zoo.errors import run_main
+from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.jobs.evaluate import main as evaluate_main
 from ssl_zoo.jobs.train import main as train_main
 
@@ -116,6 +116,27 @@ def test_the_detector_holds_the_checkpoints_backbone(tmp_path):
     assert grads == {"conv1": False, "layer1": False, "layer2": False, "layer3": True,
                      "layer4": True}  # fmt: skip
     assert all(p.requires_grad for p in detector.backbone.fpn.parameters())
+
+
+def test_a_random_baseline_is_built_as_the_checkpoint_it_stands_beside(tmp_path):
+    """--backbone_args gives the random backbone the pretrained one's architecture (here a
+    stride-16 last stage, as the 32-px recipes train); a checkpoint refuses other args."""
+    from ssl_zoo.jobs.evaluate import EvalConfig, load_encoder
+
+    def last_map(model):
+        return model.forward_intermediates(torch.rand(1, 3, 64, 64), intermediates_only=True)[-1]
+
+    spec = BackboneSpec("timm:resnet10t", args={"output_stride": 16})
+    save_backbone(tmp_path / "backbone.pt", build_backbone(spec)[0], spec, feature_dim=512)
+    random, _, meta = load_encoder(EvalConfig(checkpoint="random", backbone="timm:resnet10t",
+                                              backbone_args={"output_stride": 16}))  # fmt: skip
+    plain, _, _ = load_encoder(EvalConfig(checkpoint="random", backbone="timm:resnet10t"))
+    assert meta["spec"]["args"] == {"output_stride": 16}
+    assert last_map(random).shape[-1] == 4 and last_map(plain).shape[-1] == 2
+    checkpoint = str(tmp_path / "backbone.pt")
+    load_encoder(EvalConfig(checkpoint=checkpoint, backbone_args={"output_stride": 16}))
+    with pytest.raises(UserError, match="built with backbone_args {'output_stride': 16}, not {}"):
+        load_encoder(EvalConfig(checkpoint=checkpoint, backbone_args={}))
 
 
 def test_scenes_pretrain_then_detection_fine_tunes_and_reports_map(tmp_path):

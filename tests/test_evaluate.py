@@ -179,6 +179,7 @@ BAD = [
     (["--checkpoint", "BACKBONE", "--label_fraction", "1.5"], "label_fraction must be in (0, 1], got 1.5"),
     (["--checkpoint", "BACKBONE", "--protocol", "svm"], "unknown protocol 'svm'; valid choices: all, detection, finetune, knn, linear"),
     (["--checkpoint", "random"], "--checkpoint random needs --backbone NAME"),
+    (["--checkpoint", "BACKBONE", "--backbone_args", "{output_stride: 16}"], "built with backbone_args {}, not {'output_stride': 16}"),
     (["--checkpoint", "BACKBONE", "--seed", "-1"], "seed must be in [0, 2**32) (got -1)"),
     (["--checkpoint", "BACKBONE", "--knn_k", "0"], "knn_k must be >= 1 and knn_t > 0 (got 0, 0.1)"),  # was accepted
     (["--checkpoint", "BACKBONE", "--train_samples", "0"], "train_samples must be >= 1 (got 0)"),

@@ -63,6 +63,9 @@ class EvalConfig:
             (synthetic street scenes with boxes) or coco (COCO detection JSON under data_dir).
         data_dir: Dataset root.
         backbone: Backbone name; required with --checkpoint random, checked against a checkpoint.
+        backbone_args: Keyword arguments of the backbone's constructor, e.g. {output_stride: 16}:
+            with --checkpoint random, those of the pretrained backbone it stands beside (its
+            spec in backbone.pt), so both have one architecture; checked against a checkpoint.
         image_size: Input size; default: the checkpoint's, else the dataset's.
         train_samples: Use at most this many training images.
         test_samples: Use at most this many test images.
@@ -103,6 +106,7 @@ class EvalConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
     backbone: str | None = None
+    backbone_args: dict[str, Any] | None = None
     image_size: int | None = None
     train_samples: int | None = None
     test_samples: int | None = None
@@ -173,7 +177,8 @@ def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
             size = cfg.det_size
         else:
             size = cfg.image_size or DATASETS[cfg.dataset].image_size or 32
-        spec = BackboneSpec(cfg.backbone, default_cifar_stem(cfg.backbone, size))
+        spec = BackboneSpec(cfg.backbone, default_cifar_stem(cfg.backbone, size),
+                            args=cfg.backbone_args or {})  # fmt: skip
         model, dim = build_backbone(spec)
         return model, dim, {"spec": asdict(spec)}
     model, dim, meta = load_backbone(cfg.checkpoint)
@@ -182,6 +187,14 @@ def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
         raise UserError(
             f"{cfg.checkpoint} holds a {trained_on} backbone, not the requested {cfg.backbone}; "
             "drop --backbone or pass the matching name"
+        )
+    # A random baseline compared with a checkpoint must have its architecture: on coco128 at
+    # 256 px a stride-16 last stage cost Faster R-CNN 1.5x the FLOPs of the stride-32 default.
+    trained_args = meta["spec"].get("args") or {}
+    if cfg.backbone_args is not None and cfg.backbone_args != trained_args:
+        raise UserError(
+            f"{cfg.checkpoint} holds a backbone built with backbone_args {trained_args}, not "
+            f"{cfg.backbone_args}; drop --backbone_args or pass the checkpoint's"
         )
     return model, dim, meta
 
