@@ -11,7 +11,8 @@ and energy at the first monitor point at or above it), and plots kNN against ene
     python benchmarks/cost.py --minutes 3 --methods simclr,mocov2,simsiam,barlowtwins
 
 Finished runs under --runs with the same settings are reused (recipes.py's rule). Writes the
-markdown table to --out, the plot to --plot, and ends with one JSON line; exits 1 if a run failed.
+markdown table to --out and between the `cost` markers of the --docs pages, the plot to --plot,
+and ends with one JSON line; exits 1 if a run failed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.cli import (  # noqa: E402
     at_least,
     command_stamp,
+    docs_argument,
+    docs_writers,
     listed,
     method_name,
     publish,
@@ -38,6 +41,8 @@ from ssl_zoo.methods import METHODS  # noqa: E402
 # The four methods of Famá et al.'s edge-energy benchmark, which found SimCLR the cheapest.
 EDGE_METHODS = "simclr,mocov2,simsiam,barlowtwins"
 EDGE_BACKBONES = "timm:resnet10t,timm:mobilenetv3_small_100"
+# The pages whose `cost` table this benchmark writes (tests/test_benchmarks.py checks them).
+DOCS = "README.md,docs/cost.md"
 
 
 def monitor_curve(run_dir: Path) -> list[dict]:
@@ -139,7 +144,9 @@ def main() -> None:
                         help="the kNN top-1 to reach")  # fmt: skip
     run_arguments(parser, runs="runs/cost", out="benchmarks/cost.md")
     parser.add_argument("--plot", default="docs/images/cost.png")
+    docs_argument(parser, "cost", default=DOCS)
     args = parser.parse_args(argv)
+    to_docs = docs_writers(parser, args.docs, "cost")
     plan = [(args.backbone, m) for m in args.methods]
     plan += [(b, m) for b in args.edge_backbones for m in args.edge_methods]
     rows = []
@@ -156,7 +163,7 @@ def main() -> None:
              f"{' '.join(extra)}")  # fmt: skip
     summary = {"title": title, "target": args.target,
                "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}  # fmt: skip
-    publish(table(rows, title, args.target), rows, summary, Path(args.out).write_text,
+    publish(table(rows, title, args.target), rows, summary, Path(args.out).write_text, *to_docs,
             lambda _: plot(rows, Path(args.plot), args.target))  # fmt: skip
 
 

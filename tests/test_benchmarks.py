@@ -179,10 +179,11 @@ def test_bad_benchmark_input_is_one_line_before_any_run(monkeypatch, capsys, scr
 
 
 def test_cost_table_gives_the_cost_of_reaching_a_knn_target(tmp_path, monkeypatch, capsys):
-    table, picture = tmp_path / "cost.md", tmp_path / "cost.png"
+    table, picture, page = tmp_path / "cost.md", tmp_path / "cost.png", tmp_path / "page.md"
+    page.write_text("# page\n<!-- cost table -->\nold\n<!-- /cost table -->\nafter\n")
     args = ["--methods", "simclr", "--backbone", "timm:resnet10t", "--edge_backbones", "",
             "--dataset", "synthetic", "--data_dir", "", "--runs", str(tmp_path / "runs"),
-            "--out", str(table), "--plot", str(picture)]  # fmt: skip
+            "--out", str(table), "--plot", str(picture), "--docs", str(page)]  # fmt: skip
 
     def cost(*more):
         return [*args, *more, "--", *TINY_TRAIN]
@@ -195,6 +196,8 @@ def test_cost_table_gives_the_cost_of_reaching_a_knn_target(tmp_path, monkeypatc
     gain = row["knn_top1"] - row["knn_top1_init"]
     assert row["knn_points_per_wh"] == pytest.approx(gain / row["energy_kwh"] / 10, abs=0.01)
     assert picture.stat().st_size > 10_000
+    start, end = markers("cost")
+    assert page.read_text() == f"# page\n{start}\n{table.read_text()}{end}\nafter\n"
 
     # A target the initial encoder already meets costs nothing; one met after the epoch costs
     # the whole (one-epoch) run. The finished run is reused, not trained again.
@@ -273,6 +276,7 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
     """No results table in README or docs/ is typed by hand: each one marked there is written by
     a benchmark or a shipped comparison (which check their markers before any run), and each
     page a benchmark or comparison writes holds its markers."""
+    from benchmarks.cost import DOCS as COST
     from benchmarks.detection import DOCS as DETECTION
     from benchmarks.recipes import DOCS as RECIPES
     from benchmarks.reference import DOCS as REFERENCE
@@ -280,6 +284,7 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
 
     written = {(page, "recipes") for page in RECIPES.split(",")}
     written |= {(page, "detection") for page in DETECTION.split(",")}
+    written |= {(page, "cost") for page in COST.split(",")}
     written |= {(page, "reference") for page in REFERENCE.split(",")}
     for comparison in sorted((ROOT / "configs" / "federated").glob("compare*.yaml")):
         tables = read_comparison(str(comparison.relative_to(ROOT)))[2]
