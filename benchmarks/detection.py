@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -48,6 +50,11 @@ def run(script: str, args: list[str], done: Path) -> dict:
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def pretrained_args(pretrain: Path) -> dict:
+    """The backbone_args the pretraining built its backbone with (its run's config.yaml)."""
+    return yaml.safe_load((pretrain / "config.yaml").read_text()).get("backbone_args") or {}
 
 
 def table(rows: list[dict], title: str) -> str:
@@ -84,12 +91,15 @@ def main() -> None:
     if "error" in summary:
         raise SystemExit(f"error: pretraining failed: {summary['error']}")
     backbone = summary["backbone"]
+    # The random backbone is built as the pretrained one was (evaluate.py checks the SSL row's
+    # against its checkpoint): a stride-16 last stage alone costs a detector 1.5x the FLOPs.
+    spec = ["--backbone", backbone, "--backbone_args", json.dumps(pretrained_args(pretrain))]
     rows = []
     for fraction in fractions:
         for name, checkpoint in (("ssl", str(pretrain / "backbone.pt")), ("random", "random")):
             out = runs / f"{name}-{fraction:g}"
             print(f"[detection] {name} backbone, {fraction:g} of the labels ...", file=sys.stderr)
-            found = run("evaluate.py", ["--checkpoint", checkpoint, "--backbone", backbone,
+            found = run("evaluate.py", ["--checkpoint", checkpoint, *spec,
                                         "--config", "configs/detection/scenes.yaml",
                                         "--label_fraction", str(fraction),
                                         *(QUICK_DETECTION if args.quick else []),
