@@ -4,6 +4,7 @@ embedded-federated and Flower runs train the very same module."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,11 +29,31 @@ class Components:
     normalize: dict
 
 
+# Lightning's DDP starts devices 1.. as copies of the command; they learn the run directory
+# (named by the first process when --output_dir is not given) from this variable.
+RUN_DIR_VARIABLE = "SSL_ZOO_RUN_DIR"
+
+
+def ddp_copy() -> bool:
+    """Whether this process is one of the copies DDP started (devices 1.., other machines): it
+    trains its share and writes nothing."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+
+
+def check_devices(accelerator: str, devices: int) -> None:
+    if accelerator in ("cuda", "gpu") and devices > torch.cuda.device_count():
+        raise UserError(f"--devices {devices}: this machine has {torch.cuda.device_count()} "
+                        "GPU(s)")  # fmt: skip
+
+
 def prepare_run_dir(cfg: RunConfig, progress: str, prefix: str) -> Path:
     """The run directory; refuses to overwrite a finished or an unfinished run unless resuming.
+    A DDP copy gets the first process's directory, as it is.
 
     `progress` names what an unfinished run leaves behind (its checkpoints), summary.json marks
     a finished one."""
+    if ddp_copy():
+        return Path(os.environ.get(RUN_DIR_VARIABLE) or cfg.output_dir)
     if cfg.output_dir is None:
         if cfg.resume:
             raise UserError("--resume true needs the --output_dir of the run to continue")
@@ -47,6 +68,7 @@ def prepare_run_dir(cfg: RunConfig, progress: str, prefix: str) -> Path:
         state = "a finished run" if finished else "an unfinished run (continue: --resume true)"
         raise UserError(f"{run_dir} already holds {state}; choose another --output_dir")
     make_output_dir(run_dir)
+    os.environ[RUN_DIR_VARIABLE] = str(run_dir.resolve())
     return run_dir
 
 

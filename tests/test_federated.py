@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import json
 import math
 import os
 import re
@@ -258,6 +259,35 @@ def test_embedded_run_writes_rounds_partition_and_summary(tmp_path):
         assert sum(int(r["images"]) for r in csv.DictReader(f)) == 96
 
 
+def test_clients_on_two_devices_split_their_batch_and_the_first_process_writes(tmp_path):
+    """--devices 2: each client's fit is Lightning DDP over two CPU processes (gloo), its batch
+    split between them, so it takes one device's steps and does one device's arithmetic. The
+    second process runs the whole loop but reports and writes nothing, and a resume continues
+    both."""
+    one = federate_main([*TINY, "--output_dir", str(tmp_path / "one")])
+    out = tmp_path / "two"
+    proc = run_script("federate.py", *TINY, "--output_dir", str(out), "--accelerator", "cpu",
+                      "--devices", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, lines  # the second process reports nothing
+    two = json.loads(lines[0])
+    assert json.loads((out / "summary.json").read_text()) == two
+    assert (two["devices_per_client"], two["rounds"]) == (2, 2)
+    # 4 images a device a step instead of 8 on one: the same FLOPs in all, and as many steps.
+    assert two["gflops"] == pytest.approx(one["gflops"], rel=1e-3)
+    assert [r["examples"] for r in read_rounds(out)] == [
+        r["examples"] for r in read_rounds(tmp_path / "one")
+    ]
+    assert two["knn_top1_init"] == one["knn_top1_init"]  # the same initial model, evaluated once
+    proc = run_script("federate.py", *TINY, "--output_dir", str(out), "--accelerator", "cpu",
+                      "--devices", "2", "--rounds", "3", "--resume")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = last_json_line(proc.stdout)
+    assert resumed["knn_top1_per_round"][:2] == two["knn_top1_per_round"]
+    assert [int(r["round"]) for r in read_rounds(out)] == [0, 1, 2, 3]
+
+
 def test_a_failing_client_is_dropped_and_too_few_fail_the_run(tmp_path, caplog):
     """A very skewed Dirichlet split leaves some clients with fewer than two images: their local
     training fails, the round goes on with the others unless fewer than min_clients remain."""
@@ -500,6 +530,9 @@ BAD = [
     (["--round_timeout", "30"], "round_timeout needs --engine flower"),
     (["--rounds", "x"], 'Parser key "rounds": Expected a <class \'int\'>. Got value: x'),
     (["--test_samples", "0"], "test_samples must be >= 1 (got 0)"),
+    (["--devices", "0"], "devices must be >= 1 (got 0)"),
+    (["--devices", "2", "--engine", "flower"], "devices > 1 needs the embedded engine and one run"),
+    (["--devices", "9", "--client_batch_size", "16"], "client_batch_size 16 over 9 devices leaves fewer than 2 images a device"),
 ]  # fmt: skip
 
 

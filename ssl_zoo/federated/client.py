@@ -142,6 +142,13 @@ def fit_client(
     if n < 2:
         raise ValueError(f"client {client} has {n} image(s); at least 2 are needed for a batch")
     batch_size = client_batch_size(cfg, n, len(images.dataset))
+    # With several devices the client's batch is split over them (the remainder dropped), so the
+    # client takes the steps it would on one device.
+    device_batch = batch_size // cfg.devices
+    if device_batch < 2:
+        raise ValueError(f"client {client}'s batch of {batch_size} over {cfg.devices} devices "
+                         "leaves fewer than 2 images a device; lower --devices")  # fmt: skip
+    batch_size = device_batch * cfg.devices
     # A fixed number of steps, so that a fraction of an epoch (--local_epochs 0.5) is as exact
     # as a whole number; a fit that crosses an epoch boundary reshuffles as a centralized one.
     steps_per_round = max(1, round(cfg.local_epochs * (n // batch_size)))
@@ -163,15 +170,16 @@ def fit_client(
         else (round_index * steps_per_round, total_rounds * steps_per_round)
     )
     counted = _step_flops.setdefault(model, {})
-    flops_key = step_flops_key(algorithm, client, batch_size, received)
+    flops_key = step_flops_key(algorithm, client, device_batch, received)
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
-    datamodule = SSLDataModule(splits, views, normalize, batch_size, cfg.num_workers,
+    datamodule = SSLDataModule(splits, views, normalize, device_batch, cfg.num_workers,
                                seed=client_seed(cfg.seed, round_index, client))  # fmt: skip
     trainer = L.Trainer(
         max_steps=steps_per_round,
         max_epochs=-1,
         accelerator=cfg.accelerator,
-        devices=1,
+        devices=cfg.devices,
+        strategy="ddp" if cfg.devices > 1 else "auto",
         precision=cfg.precision,
         logger=False,
         enable_checkpointing=False,
@@ -218,4 +226,5 @@ def fit_client(
     kept |= private_state(model, local_keys)
     kept |= algorithm.client_end(model, global_state)
     return ClientUpdate(client, state, n, kept, None if loss is None else float(loss), upload,
-                        metrics, flops.total(trainer.global_step), steps.training)  # fmt: skip
+                        metrics, flops.total(trainer.global_step) * trainer.world_size,
+                        steps.training)  # fmt: skip

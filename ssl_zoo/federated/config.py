@@ -42,6 +42,10 @@ class FedConfig(RunConfig):
         client_batch_size: Images per step on a client. Default: batch_size x the client's share
             of the images a round trains on (IID, 5 clients: batch_size / 5), so each local
             epoch takes as many steps as a centralized epoch at batch_size.
+        devices: Devices each client trains on (embedded engine), each a process of Lightning's
+            DDP: a client's batch is split over them, so its steps, and the federation, stay
+            those of one device; only the seconds change. Every process runs the whole loop,
+            and the first one evaluates and writes (docs/deployment.md).
         update_dtype: float32, float16 or bfloat16: the precision the global model and the
             clients' weights travel in (bytes_down, bytes_up); each side computes in float32
             and the server sums in float64. float16 halves the bytes and keeps 10 mantissa bits
@@ -85,6 +89,7 @@ class FedConfig(RunConfig):
     restart_schedule_every_round: bool = False
     min_clients: int = 1
     client_batch_size: int | None = None
+    devices: int = 1
     update_dtype: str = "float32"
     client_dropout: float = 0.0
     round_timeout: float | None = None
@@ -123,6 +128,17 @@ class FedConfig(RunConfig):
             (
                 self.client_batch_size is None or self.client_batch_size >= 2,
                 f"client_batch_size must be >= 2 (got {self.client_batch_size})",
+            ),
+            (self.devices >= 1, f"devices must be >= 1 (got {self.devices})"),
+            (
+                not self.client_batch_size or self.client_batch_size >= 2 * self.devices,
+                f"client_batch_size {self.client_batch_size} over {self.devices} devices leaves "
+                "fewer than 2 images a device",
+            ),
+            (
+                self.devices == 1 or (self.engine == "embedded" and not self.compare),
+                "devices > 1 needs the embedded engine and one run (DDP starts copies of the "
+                "command; a Flower SuperNode's ClientApp trains on one device)",
             ),
             (
                 0 <= self.client_dropout < 1,

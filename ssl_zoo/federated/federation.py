@@ -76,6 +76,7 @@ def finish_run(
         "partition": cfg.partition,
         "fed_algorithm": cfg.fed_algorithm,
         "num_clients": cfg.num_clients,
+        "devices_per_client": cfg.devices,
         "rounds": len(trained),
         "epochs_equivalent": rows[-1].get("epochs"),
         "server_optimizer": cfg.server_optimizer,

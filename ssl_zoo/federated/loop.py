@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from ssl_zoo.components import Components
+from ssl_zoo.components import Components, ddp_copy
 from ssl_zoo.config import replacing
 from ssl_zoo.cost import gflops
 from ssl_zoo.data import SSLDataModule
@@ -109,6 +109,17 @@ def planned_rounds(cfg, state: FedState) -> int:
     return max(state.round, min(cfg.rounds, int(cfg.max_time * 60 / per_round)))
 
 
+def agreed(value, cfg):
+    """The first process's value, on every process of a federation whose clients train on
+    several devices: each process runs the loop, but only the first one's clock and monitor
+    decide (a copy that planned another round count would wait forever for the others)."""
+    if cfg.devices == 1 or not torch.distributed.is_initialized():
+        return value  # before the first client's fit there are no copies yet
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def fit_locally(cfg, parts: Components, client_indices, algorithm: Stack, initial_private):
     """The embedded engine's round: each sampled client fits in turn in this process."""
 
@@ -142,6 +153,9 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
     both, the algorithm's server hooks included."""
     model = parts.model
     local_keys = algorithm.local_keys(model)
+    # A DDP copy (--devices) trains its share of every client's batches and evaluates and writes
+    # nothing; the rows it keeps are the first process's but for the monitor's figures.
+    copy = ddp_copy()
     if fit_round is None:
         fit_round = fit_locally(
             cfg, parts, client_indices, algorithm, private_state(model, local_keys)
@@ -163,15 +177,18 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
     else:
         state = FedState(0, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         tic = time.time()
-        state.rows.append({"round": 0, **evaluate_global(parts, state.global_state, cfg), "epochs": 0.0,
+        metrics = {} if copy else evaluate_global(parts, state.global_state, cfg)
+        state.rows.append({"round": 0, **metrics, "epochs": 0.0,
                            "eval_seconds": round(time.time() - tic, 2)})  # fmt: skip
-        save_state(checkpoint, state)
-        write_rows(run_dir / "rounds.csv", state.rows)
-        if on_round:
-            on_round(state.rows[-1])
+        if not copy:
+            save_state(checkpoint, state)
+            write_rows(run_dir / "rounds.csv", state.rows)
+            if on_round:
+                on_round(state.rows[-1])
     sent_keys = [k for k in state.global_state if k not in local_keys]
-    bar = tqdm(desc="rounds", unit="round", initial=state.round, total=planned_rounds(cfg, state))
-    while state.round < (total_rounds := planned_rounds(cfg, state)):
+    bar = tqdm(desc="rounds", unit="round", initial=state.round,
+               total=agreed(planned_rounds(cfg, state), cfg), disable=copy)  # fmt: skip
+    while state.round < (total_rounds := agreed(planned_rounds(cfg, state), cfg)):
         bar.total = total_rounds
         round_number, start = state.round + 1, time.time()
         kwh_before = energy.kwh() if energy else None
@@ -214,7 +231,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
         state.algorithm = algorithm.state_dict()
         aggregate_seconds += time.time() - tic
         tic = time.time()
-        metrics = evaluate_global(parts, state.global_state, cfg)
+        metrics = {} if copy else evaluate_global(parts, state.global_state, cfg)
         # Every sampled client was sent the model, including those that failed.
         bytes_down = (accumulator.clients + len(failed)) * (
             state_bytes({k: sent[k] for k in sent_keys}) + state_bytes(received)
@@ -233,10 +250,11 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             "eval_seconds": round(time.time() - tic, 2), "seconds": round(time.time() - start, 2),
             **{key: float(np.mean(values)) for key, values in decided.items()},
         })  # fmt: skip
-        save_state(checkpoint, state)
-        write_rows(run_dir / "rounds.csv", state.rows)
-        if on_round:
-            on_round(state.rows[-1])
+        if not copy:
+            save_state(checkpoint, state)
+            write_rows(run_dir / "rounds.csv", state.rows)
+            if on_round:
+                on_round(state.rows[-1])
         bar.update(1)
         bar.set_postfix_str(f"kNN {metrics.get('knn_top1', float('nan')):.3f}")
     bar.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ssl_zoo.components import check_before_work, prepare_run_dir
+from ssl_zoo.components import check_before_work, check_devices, ddp_copy, prepare_run_dir
 from ssl_zoo.cost import EnergyMeter
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.federated.config import FedConfig
@@ -45,12 +45,18 @@ class WandbRounds:
         self.run.finish()
 
 
-def federate(cfg: FedConfig) -> dict:
+def federate(cfg: FedConfig) -> dict | None:
+    """The run's summary; None in the copies that DDP starts for clients on several devices."""
     start = time.time()
     check_before_work(cfg)
+    check_devices(cfg.accelerator, cfg.devices)
+    copy = ddp_copy()
     run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="fed-")
-    with EnergyMeter(cfg.track_energy, cfg.energy_args) as energy:
+    with EnergyMeter(cfg.track_energy and not copy, cfg.energy_args) as energy:
         parts, clients, algorithm = build_federation(cfg)
+        if copy:  # trains its share of every client's fit; the first process writes the run
+            run_rounds(cfg, parts, algorithm, clients, run_dir)
+            return None
         labels = dataset_labels(parts.splits.train)
         title = f"{cfg.partition} over {cfg.num_clients} clients" + (
             f" (alpha {cfg.alpha})" if cfg.partition == "dirichlet" else ""

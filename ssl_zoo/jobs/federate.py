@@ -13,7 +13,7 @@ from ssl_zoo.federated.config import FedConfig
 from ssl_zoo.federated.run import federate
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Every client round builds a Trainer; its start-up notes would bury the round progress bar.
     # (lightly installs pytorch_lightning too; Lightning then reports through its loggers.)
@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = compare(cfg, sys.argv[1:] if argv is None else argv)
     else:
         summary = federate(cfg)
-    print(json.dumps(summary), flush=True)
+    if summary is not None:  # None: a DDP copy of the command (--devices), which reports nothing
+        print(json.dumps(summary), flush=True)
     return summary
 
 

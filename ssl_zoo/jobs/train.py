@@ -7,7 +7,6 @@ curves.png and summary.json; summary.json is written last, so its presence marks
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_zoo.backbones import save_backbone
-from ssl_zoo.components import build_components, check_before_work, prepare_run_dir
+from ssl_zoo.components import (
+    build_components,
+    check_before_work,
+    check_devices,
+    ddp_copy,
+    prepare_run_dir,
+)
 from ssl_zoo.config import TrainConfig, json_entry_point, replacing, write_atomically
 from ssl_zoo.cost import CostSoFar, EnergyMeter, StepFlops, TimeSplit, gflops, peak_rss_mb
 from ssl_zoo.curves import training_curves
@@ -46,33 +51,13 @@ def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
     return model.last_metrics
 
 
-# Lightning's DDP starts devices 1.. as copies of this command; they learn the run directory
-# (named by the first process when --output_dir is not given) from this variable.
-RUN_DIR_VARIABLE = "SSL_ZOO_RUN_DIR"
-
-
-def ddp_copy() -> bool:
-    """Whether this process is one of the copies DDP started (devices 1.., other machines)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
-
-
-def check_devices(cfg: TrainConfig) -> None:
-    if cfg.accelerator in ("cuda", "gpu") and cfg.devices > torch.cuda.device_count():
-        raise UserError(f"--devices {cfg.devices}: this machine has {torch.cuda.device_count()} "
-                        "GPU(s)")  # fmt: skip
-
-
 def train(cfg: TrainConfig) -> dict | None:
     """The run's summary; None in DDP's copies, where only the first process writes."""
     start = time.time()
     check_before_work(cfg)
-    check_devices(cfg)
+    check_devices(cfg.accelerator, cfg.devices)
     copy = ddp_copy()
-    if copy:
-        run_dir = Path(os.environ.get(RUN_DIR_VARIABLE) or cfg.output_dir)
-    else:
-        run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
-        os.environ[RUN_DIR_VARIABLE] = str(run_dir.resolve())
+    run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
     with EnergyMeter(cfg.track_energy and not copy, cfg.energy_args) as energy:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
