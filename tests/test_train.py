@@ -440,8 +440,8 @@ def test_method_configs_start_from_the_shared_files_their_config_key_names(tmp_p
     assert simclr.lr == cpu["lr"] and simclr.method_args["temperature"] == 0.1
     nnclr = parsed("nnclr")  # its own views replace the shared block (32-px crops), the rest holds
     assert nnclr.backbone_args == shared["backbone_args"] and "input_size" not in nnclr.views
-    dino = parsed("dino")  # multi-crop views of its own, the shared 2x2 last stage
-    assert dino.backbone_args == shared["backbone_args"] and dino.views["n_local_views"] == 6
+    dino = parsed("dino")  # views of its own (DINOTransform's names), the shared 2x2 last stage
+    assert dino.backbone_args == shared["backbone_args"] and dino.views["global_crop_size"] == 28
     assert "input_size" not in dino.views and dino.lr == cpu["lr"]
     flags = parsed("simclr", "--lr", "0.01", "--views.min_scale", "0.5")
     assert flags.lr == 0.01 and flags.views == {**shared["views"], "min_scale": 0.5}
