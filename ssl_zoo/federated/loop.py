@@ -156,6 +156,16 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
     # A DDP copy (--devices) trains its share of every client's batches and evaluates and writes
     # nothing; the rows it keeps are the first process's but for the monitor's figures.
     copy = ddp_copy()
+
+    def record(state: FedState) -> None:
+        """After round 0 and every round: the checkpoint, rounds.csv and the caller's row hook."""
+        if copy:
+            return
+        save_state(checkpoint, state)
+        write_rows(run_dir / "rounds.csv", state.rows)
+        if on_round:
+            on_round(state.rows[-1])
+
     if fit_round is None:
         fit_round = fit_locally(
             cfg, parts, client_indices, algorithm, private_state(model, local_keys)
@@ -180,11 +190,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
         metrics = {} if copy else evaluate_global(parts, state.global_state, cfg)
         state.rows.append({"round": 0, **metrics, "epochs": 0.0,
                            "eval_seconds": round(time.time() - tic, 2)})  # fmt: skip
-        if not copy:
-            save_state(checkpoint, state)
-            write_rows(run_dir / "rounds.csv", state.rows)
-            if on_round:
-                on_round(state.rows[-1])
+        record(state)
     sent_keys = [k for k in state.global_state if k not in local_keys]
     bar = tqdm(desc="rounds", unit="round", initial=state.round,
                total=agreed(planned_rounds(cfg, state), cfg), disable=copy)  # fmt: skip
@@ -250,11 +256,7 @@ def run_rounds(cfg, parts: Components, algorithm: Stack, client_indices: list[np
             "eval_seconds": round(time.time() - tic, 2), "seconds": round(time.time() - start, 2),
             **{key: float(np.mean(values)) for key, values in decided.items()},
         })  # fmt: skip
-        if not copy:
-            save_state(checkpoint, state)
-            write_rows(run_dir / "rounds.csv", state.rows)
-            if on_round:
-                on_round(state.rows[-1])
+        record(state)
         bar.update(1)
         bar.set_postfix_str(f"kNN {metrics.get('knn_top1', float('nan')):.3f}")
     bar.close()
