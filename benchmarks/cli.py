@@ -16,7 +16,7 @@ from ssl_zoo.errors import UserError
 from ssl_zoo.published import require_markers, stamp, write_table
 
 
-def run_arguments(parser: argparse.ArgumentParser, runs: str, out: str) -> None:
+def run_arguments(parser: argparse.ArgumentParser, runs: str | None, out: str | None) -> None:
     """What the benchmarks that train runs with train.py (recipes.py, cost.py) share: the
     budget, the data, where the runs are kept and where the table goes."""
     root = Path(__file__).resolve().parents[1]
