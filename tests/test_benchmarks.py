@@ -104,6 +104,46 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     assert all("error" not in r for r in last_json_line(copied.out)["rows"])
 
 
+def test_finetune_tabulates_each_backbone_against_its_probe(tmp_path, monkeypatch, capsys):
+    """Also the quick regeneration of docs/evaluation.md's finetune table: a row per backbone
+    and label fraction, a missing backbone a failed row that writes nothing, and a rerun of the
+    same evaluate.py command reused while another command runs again."""
+    from benchmarks.finetune import DOCS
+
+    runs, table = tmp_path / "runs", tmp_path / "finetune.md"
+    trained = run_script("train.py", "--method", "simclr", "--dataset", "synthetic", *TINY_TRAIN,
+                         "--output_dir", str(runs / "simclr"))  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    pages = copies_of_the_pages(tmp_path, DOCS)
+    args = ["--fractions", "0.25", "--dataset", "synthetic", "--data_dir", "", "--runs", str(runs),
+            "--out", str(table), "--docs", ",".join(map(str, pages)), "--", "--train_samples",
+            "64", "--test_samples", "40", "--num_workers", "0", "--linear_epochs", "5",
+            "--finetune_steps", "2"]  # fmt: skip
+
+    missing = run_script("benchmarks/finetune.py", "--methods", "simclr,byol", *args)
+    assert missing.returncode == 1 and "runs/byol/backbone.pt not found" in missing.stderr
+    assert not table.exists()
+
+    first = run_here(monkeypatch, capsys, "benchmarks/finetune.py", "--methods", "simclr", *args)
+    [row] = last_json_line(first.out)["rows"]
+    assert 0 < row["labels"] < 64 and row["label_fraction"] == 0.25, row
+    assert all(0 <= row[k] <= 1 for k in ("probe_top1", "finetune_top1", "end_top1")), row
+    gain = f"{row['finetune_top1'] - row['probe_top1']:+.3f}"
+    assert (
+        f"| simclr | {row['labels']} (25%) | {row['probe_top1']:.3f} | {row['finetune_top1']:.3f} |"
+        in (table.read_text())
+        and gain in table.read_text()
+    )
+    for page in pages:
+        assert table.read_text() in page.read_text()
+
+    again = run_here(monkeypatch, capsys, "benchmarks/finetune.py", "--methods", "simclr", *args)
+    assert "reused" in again.err and last_json_line(again.out)["rows"] == [row]
+    other = run_here(monkeypatch, capsys, "benchmarks/finetune.py", "--methods", "simclr", *args,
+                     "--finetune_steps", "3")  # fmt: skip
+    assert "reused" not in other.err
+
+
 def test_reference_trains_both_pipelines_on_one_budget_and_scores_them_alike(
     tmp_path, monkeypatch, capsys
 ):
@@ -155,6 +195,8 @@ def test_reference_trains_both_pipelines_on_one_budget_and_scores_them_alike(
         ("benchmarks/recipes.py", ["--methods", "simclr,foo"], "unknown method 'foo'"),
         ("benchmarks/recipes.py", ["--seeds", "0,0"], "--seeds: name each seed once"),
         ("benchmarks/detection.py", ["--fractions", "0.1,2"], "--fractions: must be in (0, 1]"),
+        ("benchmarks/finetune.py", ["--fractions", "0.01,0"], "--fractions: must be in (0, 1]"),
+        ("benchmarks/finetune.py", ["--fractions", ""], "--fractions: give at least one"),
         ("benchmarks/reference.py", ["--minutes", "4,0"], "--minutes: must be > 0"),
         ("benchmarks/reference.py", ["--minutes", ""], "--minutes: give at least one budget"),
         # --clients 0 used to start itself again and again (0 read as "not a child run").
@@ -287,6 +329,7 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
     page a benchmark or comparison writes holds its markers."""
     from benchmarks.cost import DOCS as COST
     from benchmarks.detection import DOCS as DETECTION
+    from benchmarks.finetune import DOCS as FINETUNE
     from benchmarks.recipes import DOCS as RECIPES
     from benchmarks.recipes import table_name
     from benchmarks.reference import DOCS as REFERENCE
@@ -294,6 +337,7 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
 
     written = {(page, table_name(m)) for m, pages in RECIPES.items() for page in pages.split(",")}
     written |= {(page, "detection") for page in DETECTION.split(",")}
+    written |= {(page, "finetune") for page in FINETUNE.split(",")}
     written |= {(page, "cost") for page in COST.split(",")}
     written |= {(page, "reference") for page in REFERENCE.split(",")}
     for comparison in sorted((ROOT / "configs" / "federated").glob("compare*.yaml")):

@@ -108,7 +108,8 @@ def test_all_protocols_on_a_trained_backbone(trained):
     assert result["results"]["finetune"]["labels"] == len(balanced_subset(labels, 0.25)) < 64
     assert result["gflops"] == result["results"]["finetune"]["gflops"] > 0  # its training steps
     probe = result["results"]["finetune"]["linear_same_labels"]  # where fine-tuning starts
-    assert 0 <= probe["top1"] <= probe["top5"] <= 1
+    end = result["results"]["finetune"]["end_of_finetuning"]  # before WiSE-FT's average
+    assert 0 <= probe["top1"] <= probe["top5"] <= 1 and 0 <= end["top1"] <= end["top5"] <= 1
     assert json.loads((trained / "results.json").read_text()) == result
     assert (trained / "embedding.png").stat().st_size > 10_000
 
@@ -121,6 +122,26 @@ def test_the_probe_as_a_head_on_raw_features_gives_the_probes_logits():
     mean, std = x.mean(0), x.std(0)
     probe = torch.nn.Linear(6, 4)
     assert torch.allclose(probe_as_head(probe, mean, std)(x), probe((x - mean) / std), atol=1e-5)
+
+
+def test_the_reported_fine_tuned_classifier_lies_between_its_start_and_end():
+    """WiSE-FT: alpha 0 is the start, 1 the end, 0.5 the midpoint of every weight; BatchNorm's
+    step counter (an integer) is the end's, not averaged."""
+    from ssl_zoo.evaluation.finetune import weight_average
+
+    torch.manual_seed(0)
+    start = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4))
+    end = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4))
+    end[1].num_batches_tracked += 7
+    x = torch.randn(5, 6)
+    for alpha, expected in ((0.0, start), (1.0, end)):
+        assert torch.allclose(weight_average(start, end, alpha).eval()(x), expected.eval()(x))
+    middle = weight_average(start, end, 0.5)
+    assert torch.allclose(middle[0].weight, (start[0].weight + end[0].weight) / 2)
+    assert (
+        middle[1].num_batches_tracked == 7
+        and end[0].weight.data_ptr() != middle[0].weight.data_ptr()
+    )
 
 
 def test_killed_evaluation_rerun_gives_the_uninterrupted_results(trained, tmp_path):

@@ -303,20 +303,25 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         tic = time.time()
         indices = balanced_subset(train_y.tolist(), cfg.label_fraction, cfg.seed)
         probe, probed = linear_probe(train_x[indices], train_y[indices])
-        tuned, flops = finetune(
+        averaged, end, flops = finetune(
             model, probe_as_head(*probe), splits.bank, indices, splits.image_size,
             normalize, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, cfg.num_workers,
             cfg.seed, cfg.accelerator,
         )  # fmt: skip
-        logits, _ = extract_features(
-            tuned, Transformed(splits.test, transform), cfg, device, "fine-tuned"
-        )
+
+        def tested(classifier: nn.Module, desc: str) -> dict[str, float]:
+            logits, _ = extract_features(classifier, Transformed(splits.test, transform), cfg,
+                                         device, desc)  # fmt: skip
+            return accuracy(logits)
+
         results["finetune"] = {
-            **accuracy(logits),
+            **tested(averaged, "fine-tuned"),
             "label_fraction": cfg.label_fraction,
             "labels": len(indices),
             # The same labels, the backbone frozen: what fine-tuning must beat (and starts from).
             "linear_same_labels": probed,
+            # The last step's weights, before the average with the start (finetune.py's WiSE-FT).
+            "end_of_finetuning": tested(end, "fine-tuned, end"),
             "gflops": gflops(flops),
         }
         seconds["finetune"] = time.time() - tic
