@@ -16,6 +16,14 @@ from ssl_zoo.errors import UserError
 from ssl_zoo.published import require_markers, stamp, write_table
 
 
+def split_at_dashes(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A benchmark's own arguments, and those after `--`, which go to every run it starts."""
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1 :]
+
+
 def run_arguments(parser: argparse.ArgumentParser, runs: str | None, out: str | None) -> None:
     """What the benchmarks that train runs with train.py (recipes.py, cost.py) share: the
     budget, the data, where the runs are kept and where the table goes."""

@@ -33,6 +33,7 @@ from benchmarks.cli import (  # noqa: E402
     method_name,
     publish,
     run_arguments,
+    split_at_dashes,
 )
 from benchmarks.recipes import train_method  # noqa: E402
 from ssl_zoo.loggers import read_csv_rows  # noqa: E402
@@ -129,9 +130,7 @@ def plot(rows: list[dict], path: Path, target: float) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_at_dashes(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     methods = listed(method_name)
     parser.add_argument("--methods", type=methods, default=",".join(METHODS), help="on --backbone")

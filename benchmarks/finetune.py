@@ -33,6 +33,7 @@ from benchmarks.cli import (  # noqa: E402
     listed,
     method_name,
     publish,
+    split_at_dashes,
 )
 from benchmarks.recipes import data_args, last_json  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
@@ -86,9 +87,7 @@ def table(rows: list[dict], title: str) -> str:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_at_dashes(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
     parser.add_argument("--fractions", type=listed(fraction), default=FRACTIONS,

@@ -44,6 +44,7 @@ from benchmarks.cli import (  # noqa: E402
     method_name,
     publish,
     run_arguments,
+    split_at_dashes,
 )
 from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
@@ -174,9 +175,7 @@ def seeds_cell(values: list[float], fmt: str) -> str:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_at_dashes(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
     parser.add_argument("--backbone", default="timm:resnet18")
