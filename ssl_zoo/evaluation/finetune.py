@@ -87,11 +87,14 @@ class FineTuner(L.LightningModule):
 
 def weight_average(start: nn.Module, end: nn.Module, alpha: float) -> nn.Module:
     """A copy of `end` whose floating-point weights and buffers are start + alpha (end - start)
-    (start and end of one architecture); counters such as BatchNorm's step count are end's."""
+    (start and end of one architecture); counters such as BatchNorm's step count are end's. The
+    start may sit on another device (evaluate.py's backbone on the GPU, Lightning's trained module
+    moved back to the CPU after fit): the average is on end's."""
     first, last = start.state_dict(), end.state_dict()
     averaged = copy.deepcopy(end)
     averaged.load_state_dict({
-        name: torch.lerp(first[name], value, alpha) if value.is_floating_point() else value
+        name: torch.lerp(first[name].to(value.device), value, alpha)
+        if value.is_floating_point() else value
         for name, value in last.items()
     })  # fmt: skip
     return averaged
