@@ -24,13 +24,19 @@ def split_at_dashes(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:at], argv[at + 1 :]
 
 
+def photo_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset and --data_dir, by default the real photos beside the project
+    (../shared/data/cifar10-12k), which the real-data benchmarks measure on."""
+    root = Path(__file__).resolve().parents[1]
+    parser.add_argument("--dataset", default="imagefolder")
+    parser.add_argument("--data_dir", default=str(root.parent / "shared" / "data" / "cifar10-12k"))
+
+
 def run_arguments(parser: argparse.ArgumentParser, runs: str | None, out: str | None) -> None:
     """What the benchmarks that train runs with train.py (recipes.py, cost.py) share: the
     budget, the data, where the runs are kept and where the table goes."""
-    root = Path(__file__).resolve().parents[1]
     parser.add_argument("--minutes", type=positive, default=8.0, help="training budget per run")
-    parser.add_argument("--dataset", default="imagefolder")
-    parser.add_argument("--data_dir", default=str(root.parent / "shared" / "data" / "cifar10-12k"))
+    photo_arguments(parser)
     parser.add_argument("--runs", default=runs)
     parser.add_argument("--out", default=out)
 

@@ -32,6 +32,7 @@ from benchmarks.cli import (  # noqa: E402
     fraction,
     listed,
     method_name,
+    photo_arguments,
     publish,
     split_at_dashes,
 )
@@ -92,14 +93,15 @@ def main() -> None:
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
     parser.add_argument("--fractions", type=listed(fraction), default=FRACTIONS,
                         help="label fractions, each a class-balanced seeded subset")  # fmt: skip
-    parser.add_argument("--dataset", default="imagefolder")
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-12k"))
+    photo_arguments(parser)
     parser.add_argument("--runs", default="runs/recipes", help="recipes.py's runs (seed 0's)")
     parser.add_argument("--out", default="benchmarks/finetune.md")
     docs_argument(parser, "finetune", default=None)
     args = parser.parse_args(argv)
-    if not args.fractions or not args.methods:
-        parser.error("--fractions: give at least one label fraction (and --methods one method)")
+    if not args.fractions:
+        parser.error("--fractions: give at least one label fraction, e.g. 0.01,0.1")
+    if not args.methods:
+        parser.error(f"--methods: give at least one method, e.g. {','.join(list(METHODS)[:2])}")
     if args.docs is None:
         whole = set(args.methods) == set(METHODS) and args.fractions == listed(fraction)(FRACTIONS)
         args.docs = DOCS.split(",") if whole and not extra else []

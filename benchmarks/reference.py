@@ -45,6 +45,7 @@ from benchmarks.cli import (  # noqa: E402
     docs_argument,
     docs_writers,
     listed,
+    photo_arguments,
     positive,
     publish,
 )
@@ -179,8 +180,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=listed(positive), default="4,8",
                         help="wall-clock budgets, each trained by both pipelines")  # fmt: skip
     parser.add_argument("--backbone", default="timm:resnet18")
-    parser.add_argument("--dataset", default="imagefolder")
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-12k"))
+    photo_arguments(parser)
     parser.add_argument("--train_samples", type=at_least(1), default=None)
     parser.add_argument("--test_samples", type=at_least(1), default=None)
     parser.add_argument("--batch_size", type=at_least(2), default=256)
