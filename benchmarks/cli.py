@@ -114,6 +114,14 @@ def listed(item: Callable) -> Callable[[str], list]:
     return parse
 
 
+def seed_list(text: str) -> list[int]:
+    """Comma-separated seeds (>= 0), each named once, at least one."""
+    seeds = listed(at_least(0))(text)
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"name each seed once, at least one (got {text!r})")
+    return seeds
+
+
 def method_name(text: str) -> str:
     from ssl_zoo.methods import METHODS
 

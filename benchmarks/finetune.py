@@ -1,18 +1,23 @@
 """Few-label fine-tuning against a linear probe on the same labels, on every method's backbone.
 
 For each method's 8-minute recipes run (runs/recipes/<name>/backbone.pt, seed 0, which
-benchmarks/recipes.py trains) and each label fraction, `evaluate.py --protocol finetune` draws a
-class-balanced, seeded subset of the training labels, fits a linear probe on the frozen features
-(the baseline), then fine-tunes the whole network from it (ssl_zoo/evaluation/finetune.py: LP-FT,
-reported as WiSE-FT's average of the start and the end, with the end beside it):
+benchmarks/recipes.py trains), each label fraction and each seed, `evaluate.py --protocol finetune
+--seed S` draws a class-balanced subset of the training labels with that seed, fits a linear probe
+on the frozen features (the baseline), then fine-tunes the whole network from it
+(ssl_zoo/evaluation/finetune.py: LP-FT, reported as WiSE-FT's average of the start and the end,
+with the end beside it). Each row gives the mean over the seeds and then each seed's value: with
+100 labels both accuracies depend on which images are labeled, and a single draw's difference
+between them can be noise (semi-supervised papers average over several label splits for the same
+reason).
 
-    python benchmarks/finetune.py                  # 10 backbones x 1% and 10% of cifar10-12k's labels
-    python benchmarks/finetune.py --methods simclr --fractions 0.01 -- --finetune_steps 60
+    python benchmarks/finetune.py     # 10 backbones x 1% and 10% of cifar10-12k's labels x 2 draws
+    python benchmarks/finetune.py --methods simclr --fractions 0.01 --seeds 0 -- --finetune_steps 60
 
 Arguments after `--` go to every evaluate.py run. Each run is kept in <run>/finetune-<fraction>
-and reused while it is newer than the backbone and was made by the same evaluate.py command.
+(seed 0) or <run>/finetune-<fraction>-seed<S> and reused while it is newer than the backbone and
+was made by the same evaluate.py command.
 Writes the table to --out and between the `finetune` markers of docs/evaluation.md (when every
-method ran at the default fractions), ends with one JSON line, and exits 1 if a run failed.
+method ran at the default fractions and seeds), ends with one JSON line, and exits 1 if a run failed.
 """
 
 from __future__ import annotations
@@ -34,27 +39,32 @@ from benchmarks.cli import (  # noqa: E402
     method_name,
     photo_arguments,
     publish,
+    seed_list,
     split_at_dashes,
 )
-from benchmarks.recipes import data_args, last_json  # noqa: E402
+from benchmarks.recipes import data_args, last_json, seeds_cell  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
 
 DOCS = "docs/evaluation.md"
 FRACTIONS = "0.01,0.1"
+SEEDS = "0,1"
 
 
-def finetune_run(method: str, label_fraction: float, args: argparse.Namespace,
+def finetune_run(method: str, label_fraction: float, seed: int, args: argparse.Namespace,
                  extra: list[str]) -> dict:  # fmt: skip
-    """evaluate.py --protocol finetune on the method's backbone (or its earlier identical run):
-    the row, or the row with an "error"."""
+    """evaluate.py --protocol finetune with one seed's labels on the method's backbone (or its
+    earlier identical run): the row, or the row with an "error"."""
     run_dir = Path(args.runs) / method
-    backbone, out = run_dir / "backbone.pt", run_dir / f"finetune-{label_fraction:g}"
-    row = {"method": method, "label_fraction": label_fraction}
+    name = f"finetune-{label_fraction:g}" + (f"-seed{seed}" if seed else "")
+    backbone, out = run_dir / "backbone.pt", run_dir / name
+    row = {"method": method, "label_fraction": label_fraction, "seed": seed}
     if not backbone.is_file():
         return {**row, "error": f"{backbone} not found (benchmarks/recipes.py trains it)"}
+    # Seed 0 is evaluate.py's default and is left out, so its command is the one-draw command.
     command = ["evaluate.py", "--checkpoint", str(backbone), "--protocol", "finetune",
                "--label_fraction", str(label_fraction), *data_args(args), "--plot", "false",
-               "--track_energy", "false", *extra, "--output_dir", str(out)]  # fmt: skip
+               "--track_energy", "false", *extra, *(["--seed", str(seed)] if seed else []),
+               "--output_dir", str(out)]  # fmt: skip
     results, made_by = out / "results.json", out / "command.json"
     if (made_by.is_file() and json.loads(made_by.read_text()) == command
             and results.stat().st_mtime >= backbone.stat().st_mtime):  # fmt: skip
@@ -68,22 +78,32 @@ def finetune_run(method: str, label_fraction: float, args: argparse.Namespace,
     tuned = found["results"]["finetune"]
     return {**row, "labels": tuned["labels"], "probe_top1": tuned["linear_same_labels"]["top1"],
             "finetune_top1": tuned["top1"], "end_top1": tuned["end_of_finetuning"]["top1"],
+            "gain": tuned["top1"] - tuned["linear_same_labels"]["top1"],
             "seconds": found["seconds"]}  # fmt: skip
 
 
 def table(rows: list[dict], title: str) -> str:
+    """One row per method and label fraction: with several seeds each figure is the mean over
+    the label draws and then each draw's value."""
     lines = [title, "", "| method | labels | linear probe, same labels | fine-tuned (WiSE-FT) | "
-             "end of fine-tuning | fine-tuned - probe | s |",
+             "end of fine-tuning | fine-tuned - probe | s per run |",
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    draws: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
-        if "error" in r:
+        draws.setdefault((r["method"], r["label_fraction"]), []).append(r)
+    for (method, label_fraction), runs in draws.items():
+        failed = [r for r in runs if "error" in r]
+        if failed:
             lines.append(
-                f"| {r['method']} | {r['label_fraction']:g} | failed: {r['error']} | | | | |"
+                f"| {method} | {label_fraction:g} | failed: {failed[0]['error']} | | | | |"
             )
             continue
-        lines.append(f"| {r['method']} | {r['labels']} ({r['label_fraction']:.0%}) | "
-                     f"{r['probe_top1']:.3f} | {r['finetune_top1']:.3f} | {r['end_top1']:.3f} | "
-                     f"{r['finetune_top1'] - r['probe_top1']:+.3f} | {r['seconds']:.0f} |")  # fmt: skip
+        cells = [seeds_cell([r[key] for r in runs], fmt) for key, fmt in
+                 (("probe_top1", ".3f"), ("finetune_top1", ".3f"), ("end_top1", ".3f"),
+                  ("gain", "+.3f"))]  # fmt: skip
+        seconds = sum(r["seconds"] for r in runs) / len(runs)
+        lines.append(f"| {method} | {runs[0]['labels']} ({label_fraction:.0%}) | "
+                     + " | ".join(cells) + f" | {seconds:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -93,6 +113,8 @@ def main() -> None:
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
     parser.add_argument("--fractions", type=listed(fraction), default=FRACTIONS,
                         help="label fractions, each a class-balanced seeded subset")  # fmt: skip
+    parser.add_argument("--seeds", type=seed_list, default=SEEDS,
+                        help="label draws: evaluate.py's --seed, one run each")  # fmt: skip
     photo_arguments(parser)
     parser.add_argument("--runs", default="runs/recipes", help="recipes.py's runs (seed 0's)")
     parser.add_argument("--out", default="benchmarks/finetune.md")
@@ -103,17 +125,19 @@ def main() -> None:
     if not args.methods:
         parser.error(f"--methods: give at least one method, e.g. {','.join(list(METHODS)[:2])}")
     if args.docs is None:
-        whole = set(args.methods) == set(METHODS) and args.fractions == listed(fraction)(FRACTIONS)
+        whole = (set(args.methods) == set(METHODS) and args.fractions == listed(fraction)(FRACTIONS)
+                 and args.seeds == seed_list(SEEDS))  # fmt: skip
         args.docs = DOCS.split(",") if whole and not extra else []
     to_docs = docs_writers(parser, args.docs, "finetune")
-    jobs = [(method, f) for method in args.methods for f in args.fractions]
+    jobs = [(m, f, s) for m in args.methods for f in args.fractions for s in args.seeds]
     rows = []
-    for method, label_fraction in jobs:
-        print(f"[{len(rows) + 1}/{len(jobs)}] {method}, {label_fraction:g} of the labels ...",
-              file=sys.stderr, flush=True)  # fmt: skip
-        rows.append(finetune_run(method, label_fraction, args, extra))
-    title = (f"{command_stamp('benchmarks/finetune.py')}: evaluate.py --protocol finetune on each "
-             f"method's {args.runs}/<name>/backbone.pt, --dataset {args.dataset} --data_dir "
+    for method, label_fraction, seed in jobs:
+        print(f"[{len(rows) + 1}/{len(jobs)}] {method}, {label_fraction:g} of the labels, "
+              f"seed {seed} ...", file=sys.stderr, flush=True)  # fmt: skip
+        rows.append(finetune_run(method, label_fraction, seed, args, extra))
+    title = (f"{command_stamp('benchmarks/finetune.py')}: evaluate.py --protocol finetune --seed "
+             f"S (S in {','.join(map(str, args.seeds))}: the label draw) on each method's "
+             f"{args.runs}/<name>/backbone.pt, --dataset {args.dataset} --data_dir "
              f"{args.data_dir} {' '.join(extra)}, one at a time")  # fmt: skip
     publish(table(rows, title), rows, {"title": title, "rows": rows}, Path(args.out).write_text,
             *to_docs)  # fmt: skip

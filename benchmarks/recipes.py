@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cli import (  # noqa: E402
-    at_least,
     command_stamp,
     docs_argument,
     docs_writers,
@@ -44,6 +43,7 @@ from benchmarks.cli import (  # noqa: E402
     method_name,
     publish,
     run_arguments,
+    seed_list,
     split_at_dashes,
 )
 from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
@@ -179,13 +179,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", type=listed(method_name), default=",".join(METHODS))
     parser.add_argument("--backbone", default="timm:resnet18")
-    parser.add_argument("--seeds", type=listed(at_least(0)), default="0",
+    parser.add_argument("--seeds", type=seed_list, default="0",
                         help="train every method once per seed, one run at a time")  # fmt: skip
     run_arguments(parser, runs=None, out=None)  # by default the budget's (table_name)
     docs_argument(parser, "recipes", default=None)
     args = parser.parse_args(argv)
-    if not args.seeds or len(set(args.seeds)) < len(args.seeds):
-        parser.error(f"--seeds: name each seed once, at least one (got {args.seeds})")
     name = table_name(args.minutes)
     args.runs = args.runs or f"runs/{name}"
     args.out = args.out or f"benchmarks/{name}.md"

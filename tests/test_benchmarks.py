@@ -106,8 +106,9 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
 
 def test_finetune_tabulates_each_backbone_against_its_probe(tmp_path, monkeypatch, capsys):
     """Also the quick regeneration of docs/evaluation.md's finetune table: a row per backbone
-    and label fraction, a missing backbone a failed row that writes nothing, and a rerun of the
-    same evaluate.py command reused while another command runs again."""
+    and label fraction with the mean over the label draws and each draw's value, a missing
+    backbone a failed row that writes nothing, and a rerun of the same evaluate.py command reused
+    while another command runs again."""
     from benchmarks.finetune import DOCS
 
     runs, table = tmp_path / "runs", tmp_path / "finetune.md"
@@ -115,30 +116,39 @@ def test_finetune_tabulates_each_backbone_against_its_probe(tmp_path, monkeypatc
                          "--output_dir", str(runs / "simclr"))  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     pages = copies_of_the_pages(tmp_path, DOCS)
-    args = ["--fractions", "0.25", "--dataset", "synthetic", "--data_dir", "", "--runs", str(runs),
-            "--out", str(table), "--docs", ",".join(map(str, pages)), "--", "--train_samples",
-            "64", "--test_samples", "40", "--num_workers", "0", "--linear_epochs", "5",
-            "--finetune_steps", "2"]  # fmt: skip
+    args = ["--fractions", "0.25", "--seeds", "0,1", "--dataset", "synthetic", "--data_dir", "",
+            "--runs", str(runs), "--out", str(table), "--docs", ",".join(map(str, pages)), "--",
+            "--train_samples", "64", "--test_samples", "40", "--num_workers", "0",
+            "--linear_epochs", "5", "--finetune_steps", "2"]  # fmt: skip
 
     missing = run_script("benchmarks/finetune.py", "--methods", "simclr,byol", *args)
     assert missing.returncode == 1 and "runs/byol/backbone.pt not found" in missing.stderr
     assert not table.exists()
 
     first = run_here(monkeypatch, capsys, "benchmarks/finetune.py", "--methods", "simclr", *args)
-    [row] = last_json_line(first.out)["rows"]
-    assert 0 < row["labels"] < 64 and row["label_fraction"] == 0.25, row
-    assert all(0 <= row[k] <= 1 for k in ("probe_top1", "finetune_top1", "end_top1")), row
-    gain = f"{row['finetune_top1'] - row['probe_top1']:+.3f}"
+    rows = last_json_line(first.out)["rows"]
+    assert [(r["seed"], r["label_fraction"]) for r in rows] == [(0, 0.25), (1, 0.25)], rows
+    assert (runs / "simclr" / "finetune-0.25").is_dir()
+    assert (runs / "simclr" / "finetune-0.25-seed1").is_dir()
+    for row in rows:
+        assert 0 < row["labels"] < 64, row
+        assert all(0 <= row[k] <= 1 for k in ("probe_top1", "finetune_top1", "end_top1")), row
+        assert row["gain"] == pytest.approx(row["finetune_top1"] - row["probe_top1"])
+
+    def draws(key: str, fmt: str = ".3f") -> str:
+        values = [r[key] for r in rows]
+        each = ", ".join(format(v, fmt) for v in values)
+        return f"{format(sum(values) / len(values), fmt)} ({each})"
+
     assert (
-        f"| simclr | {row['labels']} (25%) | {row['probe_top1']:.3f} | {row['finetune_top1']:.3f} |"
-        in (table.read_text())
-        and gain in table.read_text()
-    )
+        f"| simclr | {rows[0]['labels']} (25%) | {draws('probe_top1')} | "
+        f"{draws('finetune_top1')} | {draws('end_top1')} | {draws('gain', '+.3f')} |"
+    ) in table.read_text()
     for page in pages:
         assert table.read_text() in page.read_text()
 
     again = run_here(monkeypatch, capsys, "benchmarks/finetune.py", "--methods", "simclr", *args)
-    assert "reused" in again.err and last_json_line(again.out)["rows"] == [row]
+    assert again.err.count("reused") == 2 and last_json_line(again.out)["rows"] == rows
     other = run_here(monkeypatch, capsys, "benchmarks/finetune.py", "--methods", "simclr", *args,
                      "--finetune_steps", "3")  # fmt: skip
     assert "reused" not in other.err
@@ -197,6 +207,7 @@ def test_reference_trains_both_pipelines_on_one_budget_and_scores_them_alike(
         ("benchmarks/detection.py", ["--fractions", "0.1,2"], "--fractions: must be in (0, 1]"),
         ("benchmarks/finetune.py", ["--fractions", "0.01,0"], "--fractions: must be in (0, 1]"),
         ("benchmarks/finetune.py", ["--fractions", ""], "--fractions: give at least one"),
+        ("benchmarks/finetune.py", ["--seeds", "0,1,1"], "--seeds: name each seed once"),
         ("benchmarks/reference.py", ["--minutes", "4,0"], "--minutes: must be > 0"),
         ("benchmarks/reference.py", ["--minutes", ""], "--minutes: give at least one budget"),
         # --clients 0 used to start itself again and again (0 read as "not a child run").
