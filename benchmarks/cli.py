@@ -32,29 +32,49 @@ def photo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", default=str(root.parent / "shared" / "data" / "cifar10-12k"))
 
 
-def run_arguments(parser: argparse.ArgumentParser, runs: str | None, out: str | None) -> None:
+def run_arguments(parser: argparse.ArgumentParser, runs: str | None) -> None:
     """What the benchmarks that train runs with train.py (recipes.py, cost.py) share: the
-    budget, the data, where the runs are kept and where the table goes."""
+    budget, the data and where the runs are kept."""
     parser.add_argument("--minutes", type=positive, default=8.0, help="training budget per run")
     photo_arguments(parser)
     parser.add_argument("--runs", default=runs)
-    parser.add_argument("--out", default=out)
 
 
-def docs_argument(parser: argparse.ArgumentParser, table: str, default: str | None) -> None:
-    parser.add_argument("--docs", type=listed(str), default=default,
+def output_arguments(parser: argparse.ArgumentParser, table: str) -> None:
+    """--out and --docs: where the table goes. Left out, they default to the benchmark's own
+    file and pages, but only for a run as wide as the published one (see table_writers)."""
+    parser.add_argument("--out", default=None, help="the table's file ('' for none)")
+    parser.add_argument("--docs", type=listed(str), default=None,
                         help=f"pages whose '{table}' table this replaces ('' for none)")  # fmt: skip
 
 
-def docs_writers(parser: argparse.ArgumentParser, pages: list[str], table: str) -> list[Callable]:
-    """Writers of the table into each --docs page. A page without the table's markers is a usage
-    error now, before any run, not after hours of them."""
-    for page in pages:
+def at_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> bool:
+    """Whether each named option holds its default (as parsed), as in the published table's run."""
+    defaults = parser.parse_args([])
+    return all(getattr(args, name) == getattr(defaults, name) for name in names)
+
+
+def table_writers(parser: argparse.ArgumentParser, args: argparse.Namespace, table: str,
+                  whole: bool, out: str, docs: str) -> list[Callable[[str], object]]:  # fmt: skip
+    """Writers of the table: to --out and into each --docs page where they were given; where not,
+    to the benchmark's own file (out) and pages (docs), but only if the run is `whole` (as wide
+    as the published table: its methods, data and settings, no options after `--`), so that a
+    subset or a quick check never replaces published figures. A page without the
+    table's markers is a usage error now, before any run, not after hours of them."""
+    if not whole and (args.out is None or args.docs is None):
+        print(f"a narrower run than the published '{table}' table: {out} and its pages are left "
+              "as they are (--out FILE and --docs PAGES write them)", file=sys.stderr)  # fmt: skip
+    if args.out is None:
+        args.out = out if whole else ""
+    if args.docs is None:
+        args.docs = docs.split(",") if whole and docs else []
+    for page in args.docs:
         try:
             require_markers(Path(page), table)
         except UserError as error:
             parser.error(str(error))
-    return [lambda text, page=page: write_table(Path(page), table, text) for page in pages]
+    pages = [lambda text, page=page: write_table(Path(page), table, text) for page in args.docs]
+    return ([Path(args.out).write_text] if args.out else []) + pages
 
 
 def command_stamp(script: str) -> str:

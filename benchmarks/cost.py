@@ -11,8 +11,10 @@ and energy at the first monitor point at or above it), and plots kNN against ene
     python benchmarks/cost.py --minutes 3 --methods simclr,mocov2,simsiam,barlowtwins
 
 Finished runs under --runs with the same settings are reused (recipes.py's rule). Writes the
-markdown table to --out and between the `cost` markers of the --docs pages, the plot to --plot,
-and ends with one JSON line; exits 1 if a run failed.
+markdown table to --out and between the `cost` markers of the --docs pages, the plot to --plot
+(by default benchmarks/cost.md, README.md, docs/cost.md and docs/images/cost.png, only from a run
+of the default methods, backbones and photos), and ends with one JSON line; exits 1 if a run
+failed.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cli import (  # noqa: E402
+    at_defaults,
     at_least,
     command_stamp,
-    docs_argument,
-    docs_writers,
     listed,
     method_name,
+    output_arguments,
     publish,
     run_arguments,
     split_at_dashes,
+    table_writers,
 )
 from benchmarks.recipes import train_method  # noqa: E402
 from ssl_zoo.loggers import read_csv_rows  # noqa: E402
@@ -44,6 +47,7 @@ EDGE_METHODS = "simclr,mocov2,simsiam,barlowtwins"
 EDGE_BACKBONES = "timm:resnet10t,timm:mobilenetv3_small_100"
 # The pages whose `cost` table this benchmark writes (tests/test_benchmarks.py checks them).
 DOCS = "README.md,docs/cost.md"
+PLOT = "docs/images/cost.png"
 
 
 def monitor_curve(run_dir: Path) -> list[dict]:
@@ -141,11 +145,17 @@ def main() -> None:
                         help="'' for none")  # fmt: skip
     parser.add_argument("--target", type=at_least(0, float), default=0.40,
                         help="the kNN top-1 to reach")  # fmt: skip
-    run_arguments(parser, runs="runs/cost", out="benchmarks/cost.md")
-    parser.add_argument("--plot", default="docs/images/cost.png")
-    docs_argument(parser, "cost", default=DOCS)
+    run_arguments(parser, runs="runs/cost")
+    parser.add_argument("--plot", default=None, help="the picture's file ('' for none)")
+    output_arguments(parser, "cost")
     args = parser.parse_args(argv)
-    to_docs = docs_writers(parser, args.docs, "cost")
+    whole = not extra and at_defaults(parser, args, "methods", "backbone", "edge_methods",
+                                      "edge_backbones", "target", "dataset", "data_dir")  # fmt: skip
+    writers = table_writers(parser, args, "cost", whole, "benchmarks/cost.md", DOCS)
+    if args.plot is None:  # the README's picture, like its table, only from a whole run
+        args.plot = PLOT if whole else ""
+    if args.plot:
+        writers.append(lambda _: plot(rows, Path(args.plot), args.target))
     plan = [(args.backbone, m) for m in args.methods]
     plan += [(b, m) for b in args.edge_backbones for m in args.edge_methods]
     rows = []
@@ -162,8 +172,7 @@ def main() -> None:
              f"{' '.join(extra)}")  # fmt: skip
     summary = {"title": title, "target": args.target,
                "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}  # fmt: skip
-    publish(table(rows, title, args.target), rows, summary, Path(args.out).write_text, *to_docs,
-            lambda _: plot(rows, Path(args.plot), args.target))  # fmt: skip
+    publish(table(rows, title, args.target), rows, summary, *writers)
 
 
 if __name__ == "__main__":

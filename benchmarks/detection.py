@@ -8,8 +8,9 @@ same budget (epochs over the labeled images), and both against all labels.
 The pretraining is `train.py --config configs/detection/pretrain-scenes.yaml`, each detection run
 `evaluate.py --config configs/detection/scenes.yaml`, each in a process of its own; finished runs
 (summary.json, results.json) under --runs are reused. Writes the markdown table to --out and
-between the `detection` markers of the --docs pages (README.md and docs/detection.md), and ends
-with one JSON line of all rows.
+between the `detection` markers of the --docs pages (by default benchmarks/detection.md, README.md
+and docs/detection.md, only from a run at the default fractions without --quick), and ends with
+one JSON line of all rows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cli import command_stamp, docs_argument, docs_writers, listed, publish  # noqa: E402
+from benchmarks.cli import (  # noqa: E402
+    at_defaults,
+    command_stamp,
+    listed,
+    output_arguments,
+    publish,
+    table_writers,
+)
 from benchmarks.cli import fraction as label_fraction  # noqa: E402
 
 # A run of seconds that exercises every step (tests, a first look).
@@ -78,10 +86,10 @@ def main() -> None:
                         help="label fractions to fine-tune on")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, not hours")
     parser.add_argument("--runs", default="runs/bench-detection")
-    parser.add_argument("--out", default="benchmarks/detection.md")
-    docs_argument(parser, "detection", default=DOCS)
+    output_arguments(parser, "detection")
     args = parser.parse_args()
-    to_docs = docs_writers(parser, args.docs, "detection")
+    whole = at_defaults(parser, args, "quick", "fractions")
+    writers = table_writers(parser, args, "detection", whole, "benchmarks/detection.md", DOCS)
     fractions = args.fractions
     runs = Path(args.runs)
     pretrain = runs / "pretrain"
@@ -109,7 +117,7 @@ def main() -> None:
              f"{summary['knn_top1_init']:.3f} -> {summary['knn_top1']:.3f} (largest object), "
              f"{summary['seconds']} s")  # fmt: skip
     publish(table(rows, title), rows, {"title": title, "pretrain": summary, "rows": rows},
-            Path(args.out).write_text, *to_docs)  # fmt: skip
+            *writers)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ reason).
 Arguments after `--` go to every evaluate.py run. Each run is kept in <run>/finetune-<fraction>
 (seed 0) or <run>/finetune-<fraction>-seed<S> and reused while it is newer than the backbone and
 was made by the same evaluate.py command.
-Writes the table to --out and between the `finetune` markers of docs/evaluation.md (when every
-method ran at the default fractions and seeds), ends with one JSON line, and exits 1 if a run failed.
+Writes the table to --out and between the `finetune` markers of docs/evaluation.md (by default
+benchmarks/finetune.md and that page, only when every method ran at the default fractions, seeds
+and data), ends with one JSON line, and exits 1 if a run failed.
 """
 
 from __future__ import annotations
@@ -31,16 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cli import (  # noqa: E402
+    at_defaults,
     command_stamp,
-    docs_argument,
-    docs_writers,
     fraction,
     listed,
     method_name,
+    output_arguments,
     photo_arguments,
     publish,
     seed_list,
     split_at_dashes,
+    table_writers,
 )
 from benchmarks.recipes import data_args, last_json, seeds_cell  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
@@ -117,18 +119,15 @@ def main() -> None:
                         help="label draws: evaluate.py's --seed, one run each")  # fmt: skip
     photo_arguments(parser)
     parser.add_argument("--runs", default="runs/recipes", help="recipes.py's runs (seed 0's)")
-    parser.add_argument("--out", default="benchmarks/finetune.md")
-    docs_argument(parser, "finetune", default=None)
+    output_arguments(parser, "finetune")
     args = parser.parse_args(argv)
     if not args.fractions:
         parser.error("--fractions: give at least one label fraction, e.g. 0.01,0.1")
     if not args.methods:
         parser.error(f"--methods: give at least one method, e.g. {','.join(list(METHODS)[:2])}")
-    if args.docs is None:
-        whole = (set(args.methods) == set(METHODS) and args.fractions == listed(fraction)(FRACTIONS)
-                 and args.seeds == seed_list(SEEDS))  # fmt: skip
-        args.docs = DOCS.split(",") if whole and not extra else []
-    to_docs = docs_writers(parser, args.docs, "finetune")
+    whole = not extra and at_defaults(parser, args, "methods", "fractions", "seeds", "dataset",
+                                      "data_dir", "runs")  # fmt: skip
+    writers = table_writers(parser, args, "finetune", whole, "benchmarks/finetune.md", DOCS)
     jobs = [(m, f, s) for m in args.methods for f in args.fractions for s in args.seeds]
     rows = []
     for method, label_fraction, seed in jobs:
@@ -139,8 +138,7 @@ def main() -> None:
              f"S (S in {','.join(map(str, args.seeds))}: the label draw) on each method's "
              f"{args.runs}/<name>/backbone.pt, --dataset {args.dataset} --data_dir "
              f"{args.data_dir} {' '.join(extra)}, one at a time")  # fmt: skip
-    publish(table(rows, title), rows, {"title": title, "rows": rows}, Path(args.out).write_text,
-            *to_docs)  # fmt: skip
+    publish(table(rows, title), rows, {"title": title, "rows": rows}, *writers)
 
 
 if __name__ == "__main__":

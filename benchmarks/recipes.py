@@ -17,9 +17,10 @@ overwritten: delete runs/recipes/<name> to redo it (seed 0's run is <name>, seed
 Each budget has its own table: the 8-minute one (`recipes`: runs/recipes, benchmarks/recipes.md,
 README.md and docs/methods.md) and any other (`recipes-<minutes>min`: runs/recipes-4min,
 benchmarks/recipes-4min.md and docs/methods.md for 4 minutes). Writes the markdown table to --out
-and between the table's markers of the --docs pages (by default the budget's pages when every
-method ran, none for a subset of --methods, whose rows would replace the whole table), and ends
-with a one-line JSON summary of all runs; exits 1 if a run failed (and then writes no table).
+and between the table's markers of the --docs pages (by default the budget's file and pages, but
+only when every method ran on the default backbone and photos with nothing after `--`: a narrower
+run's rows would replace the whole table), and ends with a one-line JSON summary of all runs;
+exits 1 if a run failed (and then writes no table).
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cli import (  # noqa: E402
+    at_defaults,
     command_stamp,
-    docs_argument,
-    docs_writers,
     listed,
     method_name,
+    output_arguments,
     publish,
     run_arguments,
     seed_list,
     split_at_dashes,
+    table_writers,
 )
 from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
@@ -181,19 +183,14 @@ def main() -> None:
     parser.add_argument("--backbone", default="timm:resnet18")
     parser.add_argument("--seeds", type=seed_list, default="0",
                         help="train every method once per seed, one run at a time")  # fmt: skip
-    run_arguments(parser, runs=None, out=None)  # by default the budget's (table_name)
-    docs_argument(parser, "recipes", default=None)
+    run_arguments(parser, runs=None)  # by default the budget's (table_name)
+    output_arguments(parser, "recipes")
     args = parser.parse_args(argv)
     name = table_name(args.minutes)
     args.runs = args.runs or f"runs/{name}"
-    args.out = args.out or f"benchmarks/{name}.md"
-    if args.docs is None:
-        pages = DOCS.get(args.minutes, "")
-        args.docs = pages.split(",") if pages and set(args.methods) == set(METHODS) else []
-        if not args.docs:
-            print(f"a subset of the methods or a budget without a docs table: the docs' {name} "
-                  "tables are left as they are (--docs PAGES writes them)", file=sys.stderr)  # fmt: skip
-    to_docs = docs_writers(parser, args.docs, name)
+    whole = not extra and at_defaults(parser, args, "methods", "backbone", "dataset", "data_dir")
+    writers = table_writers(parser, args, name, whole, f"benchmarks/{name}.md",
+                            DOCS.get(args.minutes, ""))  # fmt: skip
     jobs = [(method, seed) for method in args.methods for seed in args.seeds]
     rows = []
     for method, seed in jobs:
@@ -205,8 +202,7 @@ def main() -> None:
              f"on --dataset {args.dataset} --data_dir {args.data_dir} --backbone {args.backbone} "
              f"--max_time {args.minutes:g} {' '.join(extra)}, one at a time; linear top-1: "
              "evaluate.py --protocol linear on the final backbone")  # fmt: skip
-    publish(table(rows, title), rows, {"title": title, "rows": rows}, Path(args.out).write_text,
-            *to_docs)  # fmt: skip
+    publish(table(rows, title), rows, {"title": title, "rows": rows}, *writers)
 
 
 if __name__ == "__main__":

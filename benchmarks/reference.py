@@ -17,7 +17,9 @@ any of them (issue #21's target: ssl_zoo >= reference + 0.05 kNN at 4 and at 8 m
     python benchmarks/reference.py --minutes 2 --dataset synthetic --data_dir ''
 
 Finished runs in --runs are reused (delete a run's folder to redo it). Writes the table to --out
-and between the `reference` markers of docs/methods.md, and ends with one JSON line.
+and between the `reference` markers of the --docs pages (by default benchmarks/reference.md and
+docs/methods.md, only from a run of the default budgets, data and settings), and ends with one
+JSON line.
 """
 
 from __future__ import annotations
@@ -40,14 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cli import (  # noqa: E402
+    at_defaults,
     at_least,
     command_stamp,
-    docs_argument,
-    docs_writers,
     listed,
+    output_arguments,
     photo_arguments,
     positive,
     publish,
+    table_writers,
 )
 from benchmarks.recipes import evaluate_backbone, train_method  # noqa: E402
 from ssl_zoo.backbones import BackboneSpec, build_backbone, save_backbone  # noqa: E402
@@ -187,8 +190,7 @@ def main() -> None:
     parser.add_argument("--num_workers", type=at_least(0), default=2)
     parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--runs", default="runs/reference")
-    parser.add_argument("--out", default="benchmarks/reference.md")
-    docs_argument(parser, "reference", default=DOCS)
+    output_arguments(parser, "reference")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child_minutes", type=positive, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,14 +199,15 @@ def main() -> None:
         return
     if not args.minutes:
         parser.error("--minutes: give at least one budget")
-    to_docs = docs_writers(parser, args.docs, "reference")
+    whole = at_defaults(parser, args, "minutes", "backbone", "dataset", "data_dir", "train_samples",
+                        "test_samples", "batch_size", "num_workers", "seed")  # fmt: skip
+    writers = table_writers(parser, args, "reference", whole, "benchmarks/reference.md", DOCS)
     rows = [row for minutes in args.minutes for row in side_by_side(minutes, args)]
     title = (f"{command_stamp('benchmarks/reference.py')}: SimCLR, --backbone {args.backbone} on "
              f"--dataset {args.dataset} --data_dir {args.data_dir}, batch {args.batch_size}, seed "
              f"{args.seed}, one run at a time; kNN top-1: evaluate.py --protocol knn on the final "
              "backbone")  # fmt: skip
-    publish(table(rows, title), rows, {"title": title, "rows": rows}, Path(args.out).write_text,
-            *to_docs)  # fmt: skip
+    publish(table(rows, title), rows, {"title": title, "rows": rows}, *writers)
 
 
 if __name__ == "__main__":

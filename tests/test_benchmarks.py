@@ -78,7 +78,7 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     readme = (ROOT / "README.md").read_text()
     at = args.index("--docs")
     subset = run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args[:at], *args[at + 2 :])
-    assert "tables are left as they are" in subset.err
+    assert "left as they are" in subset.err
     assert (ROOT / "README.md").read_text() == readme
 
     # An edited recipe (here: another learning rate) must not be answered with the old figure.
@@ -263,6 +263,17 @@ def test_cost_table_gives_the_cost_of_reaching_a_knn_target(tmp_path, monkeypatc
         assert last_json_line(late.out)["rows"][0]["target_gflops"] == pytest.approx(
             row["gflops"], abs=0.01
         )
+
+    # Without --out, --plot and --docs, this narrower run (one method, no edge backbones,
+    # synthetic data) writes nothing: the published table, pages and picture stay as they are.
+    from benchmarks.cost import DOCS, PLOT
+
+    published = [ROOT / "benchmarks" / "cost.md", ROOT / PLOT, *(ROOT / p for p in DOCS.split(","))]
+    before = [path.read_bytes() for path in published]
+    at = args.index("--out")
+    quiet = run_here(monkeypatch, capsys, "benchmarks/cost.py", *args[:at], "--", *TINY_TRAIN)
+    assert "left as they are" in quiet.err and "error" not in last_json_line(quiet.out)["rows"][0]
+    assert [path.read_bytes() for path in published] == before
 
 
 # bf16 runs the same script as 32-true: kept out of the default suite for its time (57 s).
