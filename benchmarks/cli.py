@@ -61,9 +61,11 @@ def table_writers(parser: argparse.ArgumentParser, args: argparse.Namespace, tab
     as the published table: its methods, data and settings, no options after `--`), so that a
     subset or a quick check never replaces published figures. A page without the
     table's markers is a usage error now, before any run, not after hours of them."""
-    if not whole and (args.out is None or args.docs is None):
-        print(f"a narrower run than the published '{table}' table: {out} and its pages are left "
-              "as they are (--out FILE and --docs PAGES write them)", file=sys.stderr)  # fmt: skip
+    kept = [f"{out} (--out FILE writes one)"] if args.out is None else []
+    kept += [f"{docs} (--docs PAGES writes them)"] if args.docs is None and docs else []
+    if not whole and kept:
+        print(f"a narrower run than the published '{table}' table: {' and '.join(kept)} left as "
+              "they are", file=sys.stderr)  # fmt: skip
     if args.out is None:
         args.out = out if whole else ""
     if args.docs is None:
