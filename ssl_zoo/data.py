@@ -238,6 +238,49 @@ def load_splits(
     return Splits(train, bank, test, num_classes, image_size)
 
 
+def image_ids(dataset: Dataset, root: str | Path | None = None) -> list[str]:
+    """A stable id per image of a split, to name a selection across runs: the file's path
+    relative to `root` (the data_dir), or '#N' for the N-th image of an in-memory dataset."""
+    if isinstance(dataset, Subset):
+        parent = image_ids(dataset.dataset, root)
+        return [parent[i] for i in dataset.indices]
+    paths = getattr(dataset, "paths", None)
+    if paths is None:
+        return [f"#{i}" for i in range(len(dataset))]
+    base = Path(root).resolve() if root else None
+
+    def relative(path: Path) -> str:
+        path = Path(path).resolve()
+        return (
+            path.relative_to(base).as_posix() if base and path.is_relative_to(base) else path.name
+        )
+
+    return [relative(p) for p in paths]
+
+
+def image_digests(dataset: Dataset) -> list[str]:
+    """A hash of each image's bytes (its file's, or its pixels'): an order of the images that
+    neither their folders nor their labels decide (label selection sees the pool in it)."""
+    import hashlib
+
+    if isinstance(dataset, Subset):
+        parent = image_digests(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    sources = getattr(dataset, "paths", None)
+    if sources is None:
+        sources = getattr(dataset, "images", None)
+    if sources is None:
+        sources = [np.asarray(dataset[i][0]) for i in range(len(dataset))]
+
+    def digest(source) -> str:
+        data = (
+            Path(source).read_bytes() if isinstance(source, Path) else np.asarray(source).tobytes()
+        )
+        return hashlib.sha1(data).hexdigest()
+
+    return [digest(s) for s in sources]
+
+
 def dataset_labels(dataset: Dataset) -> np.ndarray:
     """Labels of a split without decoding its images."""
     if isinstance(dataset, Subset):

@@ -11,9 +11,9 @@ from conftest import ROOT, last_json_line, run_script, tiny_args
 
 from ssl_zoo.data import load_splits
 from ssl_zoo.errors import run_main
-from ssl_zoo.evaluation.finetune import balanced_subset
 from ssl_zoo.evaluation.knn import knn_accuracy, knn_scores
 from ssl_zoo.evaluation.label_free import alignment, embedding_std, rankme, uniformity
+from ssl_zoo.evaluation.selection import balanced_subset
 from ssl_zoo.jobs.evaluate import main as evaluate_main
 from ssl_zoo.jobs.train import main as train_main
 

@@ -142,8 +142,23 @@ def _only(splits: DetectionSplits, classes: list[str]) -> DetectionSplits:
     return DetectionSplits(filtered(splits.train), filtered(splits.val), list(classes))
 
 
-def labeled_subset(data: DetectionImages, fraction: float, seed: int) -> DetectionImages:
-    """A seeded `fraction` of the images (at least one) with all their boxes."""
-    count = max(1, round(fraction * len(data)))
-    chosen = np.sort(np.random.default_rng(seed).choice(len(data), size=count, replace=False))
-    return data.subset(chosen.tolist())
+def labeled_subset_indices(count: int, fraction: float, seed: int) -> list[int]:
+    """A seeded `fraction` of `count` images (at least one), as sorted indices."""
+    size = max(1, round(fraction * count))
+    return np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False)).tolist()
+
+
+def largest_object_classes(data: DetectionImages) -> np.ndarray:
+    """Each image's class by its largest box (-1 without boxes): what --select balanced
+    balances over, as the scenes' kNN monitor labels an image."""
+    classes = np.full(len(data), -1, dtype=np.int64)
+    for i, (boxes, labels) in enumerate(zip(data.boxes, data.labels, strict=True)):
+        if len(labels):
+            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            classes[i] = labels[int(np.argmax(areas))]
+    return classes
+
+
+def concatenated(first: DetectionImages, second: DetectionImages) -> DetectionImages:
+    return DetectionImages(list(first.images) + list(second.images), first.boxes + second.boxes,
+                           first.labels + second.labels)  # fmt: skip

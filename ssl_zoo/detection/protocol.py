@@ -6,20 +6,30 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 from lightly.utils.scheduler import cosine_warmup_schedule
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision import tv_tensors
+from torchvision.ops import box_iou
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from ssl_zoo.config import inference_device
 from ssl_zoo.cost import StepFlops, gflops
-from ssl_zoo.detection.data import DetectionImages, labeled_subset
+from ssl_zoo.data import image_digests
+from ssl_zoo.detection.data import (
+    DetectionImages,
+    concatenated,
+    labeled_subset_indices,
+    largest_object_classes,
+)
 from ssl_zoo.errors import UserError
+from ssl_zoo.evaluation.selection import Pool, check_budget, choose_labeled
 
 
 class Flipped(Dataset):
@@ -73,12 +83,11 @@ class DetectorFineTuner(L.LightningModule):
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
 
-def fine_tune_detector(detector, train: DetectionImages, fraction: float, epochs: int, lr: float,
+def fine_tune_detector(detector, labeled: DetectionImages, epochs: int, lr: float,
                        batch_size: int, num_workers: int, seed: int, accelerator: str):  # fmt: skip
-    """Fine-tune on a seeded `fraction` of the training images; returns (tuner, labeled images,
-    mean loss of the first and of the last epoch, training FLOPs). The FLOPs are the first
-    step's count times the steps: COCO images of other shapes and box counts vary around it."""
-    labeled = labeled_subset(train, fraction, seed)
+    """Fine-tune on the labeled images; returns (tuner, labeled images, mean loss of the first
+    and of the last epoch, training FLOPs). The FLOPs are the first step's count times the
+    steps: COCO images of other shapes and box counts vary around it."""
     L.seed_everything(seed, verbose=False)
     loader = DataLoader(Flipped(labeled), batch_size=min(batch_size, len(labeled)), shuffle=True,
                         num_workers=num_workers, collate_fn=collate,
@@ -123,6 +132,59 @@ def predict(detector, data: DetectionImages, batch_size: int, device) -> list[di
         out = detector([i.to(device) for i in images])
         predictions += [{k: v.cpu() for k, v in p.items()} for p in out]
     return predictions
+
+
+PSEUDO_BOX_SCORE = 0.7  # self-training keeps the teacher's boxes scored at least this
+
+
+@torch.no_grad()
+def detection_embeddings(backbone, data: DetectionImages, size: int, normalize: dict,
+                         batch_size: int, device) -> torch.Tensor:  # fmt: skip
+    """The backbone's pooled features of each image resized to size x size: what label
+    selection chooses from (the boxes are not read)."""
+    backbone = copy.deepcopy(backbone).eval().to(device)
+    mean = torch.tensor(normalize["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(normalize["std"]).view(1, 3, 1, 1)
+    features = []
+    for start in tqdm(range(0, len(data), batch_size), desc="embeddings", leave=False):
+        batch = [v2.functional.resize(data[i][0], [size, size], antialias=True)
+                 for i in range(start, min(start + batch_size, len(data)))]  # fmt: skip
+        x = (torch.stack(batch).float() / 255 - mean) / std
+        features.append(backbone(x.to(device)).float().cpu())
+    return torch.cat(features)
+
+
+def pseudo_boxes(
+    predictions: list[dict], pool: DetectionImages, min_score: float = PSEUDO_BOX_SCORE
+):
+    """The teacher's boxes scored >= min_score as labels of the unlabeled images that get any,
+    and their quality against the withheld true boxes (same class, IoU >= 0.5): precision of the
+    pseudo-boxes and recall of the true ones."""
+    images, boxes, labels = [], [], []
+    kept = matched = found = total = 0
+    for index, p in enumerate(predictions):
+        keep = p["scores"] >= min_score
+        box, label = p["boxes"][keep], p["labels"][keep]
+        truth = pool.target(index)
+        total += len(truth["boxes"])
+        if len(box) and len(truth["boxes"]):
+            same = (label[:, None] == truth["labels"][None]) & (box_iou(box, truth["boxes"]) >= 0.5)
+            matched += int(same.any(1).sum())
+            found += int(same.any(0).sum())
+        kept += len(box)
+        if len(box):
+            images.append(pool.images[index])
+            boxes.append(box.numpy().astype(np.float32))
+            labels.append((label - 1).numpy().astype(np.int64))
+    quality = {
+        "pseudo_score_threshold": min_score,
+        "unlabeled_images": len(pool),
+        "pseudo_labeled_images": len(images),
+        "pseudo_boxes": kept,
+        "pseudo_box_precision": round(matched / kept, 4) if kept else None,
+        "pseudo_box_recall": round(found / total, 4) if total else None,
+    }
+    return DetectionImages(images, boxes, labels), quality
 
 
 def mean_average_precision(predictions: list[dict], data: DetectionImages, classes: list[str]):
@@ -183,21 +245,52 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
     classes = [c.strip() for c in cfg.classes.split(",")] if cfg.classes else None
     splits = load_detection(cfg.dataset, cfg.data_dir, classes, cfg.train_samples,
                             cfg.test_samples)  # fmt: skip
-    detector = build_detector(copy.deepcopy(backbone), len(splits.classes), cfg.det_size,
-                              normalize, cfg.trainable_layers, cfg.trainable_bn,
-                              cfg.detector)  # fmt: skip
+    device = inference_device(cfg.accelerator)
+
+    def fine_tuned(labeled: DetectionImages):
+        detector = build_detector(copy.deepcopy(backbone), len(splits.classes), cfg.det_size,
+                                  normalize, cfg.trainable_layers, cfg.trainable_bn,
+                                  cfg.detector)  # fmt: skip
+        return detector, *fine_tune_detector(detector, labeled, cfg.det_epochs, cfg.det_lr,
+                                             cfg.det_batch_size, cfg.num_workers, cfg.seed,
+                                             cfg.accelerator)[1:]  # fmt: skip
+
+    selected = None
+    if cfg.few_labels:
+        ids = [p.name if isinstance(p, Path) else f"#{i}"
+               for i, p in enumerate(splits.train.images)]  # fmt: skip
+        largest = largest_object_classes(splits.train)
+        check_budget(cfg, ids, largest)
+        features = detection_embeddings(backbone, splits.train, cfg.det_size, normalize,
+                                        cfg.det_batch_size, device)  # fmt: skip
+        pool = Pool(ids, image_digests(splits.train), features, largest, len(splits.classes),
+                    lambda i: splits.train[i][0].permute(1, 2, 0).numpy())  # fmt: skip
+        indices, selected = choose_labeled(cfg, pool, cfg.encoder_id(), out_dir)
+        labeled_images = splits.train.subset(indices)
+    else:
+        indices = labeled_subset_indices(len(splits.train), cfg.label_fraction, cfg.seed)
+        labeled_images = splits.train.subset(indices)
     seconds = {"data": time.time() - tic}
     tic = time.time()
-    _, labeled, first_loss, last_loss, flops = fine_tune_detector(
-        detector, splits.train, cfg.label_fraction, cfg.det_epochs, cfg.det_lr,
-        cfg.det_batch_size, cfg.num_workers, cfg.seed, cfg.accelerator,
-    )  # fmt: skip
+    detector, labeled, first_loss, last_loss, flops = fine_tuned(labeled_images)
     seconds["fine_tune"] = time.time() - tic
     tic = time.time()
-    device = inference_device(cfg.accelerator)
     predictions = predict(detector, splits.val, cfg.det_batch_size, device)
     scores = mean_average_precision(predictions, splits.val, splits.classes)
     seconds["map"] = time.time() - tic
+    self_trained = None
+    if cfg.self_train:
+        tic = time.time()
+        taken = set(indices)
+        unlabeled = [i for i in range(len(splits.train)) if i not in taken]
+        pool = splits.train.subset(unlabeled)
+        pseudo, quality = pseudo_boxes(predict(detector, pool, cfg.det_batch_size, device), pool)
+        student, *_, student_flops = fine_tuned(concatenated(labeled_images, pseudo))
+        student_predictions = predict(student, splits.val, cfg.det_batch_size, device)
+        self_trained = {**mean_average_precision(student_predictions, splits.val, splits.classes),
+                        **quality, "gflops": gflops(student_flops)}  # fmt: skip
+        seconds["self_train"] = time.time() - tic
+        flops += student_flops
     plot = None
     if cfg.plot:
         plot = str(detection_plot(predictions, splits.val, splits.classes,
@@ -208,6 +301,9 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
         "classes": splits.classes,
         "label_fraction": cfg.label_fraction,
         "labeled_images": labeled,
+        "selection": selected
+        and {k: selected[k] for k in ("rule", "labels", "seconds") if k in selected},
+        "self_train": self_trained,
         "val_images": len(splits.val),
         "loss_first_epoch": round(first_loss, 4),
         "loss_last_epoch": round(last_loss, 4),

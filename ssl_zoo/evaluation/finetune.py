@@ -23,31 +23,15 @@ import copy
 import warnings
 
 import lightning.pytorch as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ssl_zoo.cost import StepFlops
 from ssl_zoo.data import Transformed
 from ssl_zoo.errors import UserError
-
-
-def balanced_subset(labels, fraction: float, seed: int = 0) -> list[int]:
-    """Indices of `fraction` of each class's samples (at least one per class), drawn with `seed`."""
-    if not 0 < fraction <= 1:
-        raise UserError(f"label_fraction must be in (0, 1], got {fraction}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in np.unique(labels[labels >= 0]):
-        members = np.flatnonzero(labels == label)
-        count = max(1, round(fraction * len(members)))
-        chosen += rng.choice(members, size=count, replace=False).tolist()
-    return sorted(chosen)
-
 
 BACKBONE_LR_SCALE = 0.1  # the backbone's learning rate against the head's
 WISE_ALPHA = 0.5  # the weight of the fine-tuned end in the reported average (WiSE-FT's default)
@@ -74,6 +58,9 @@ class FineTuner(L.LightningModule):
     def training_step(self, batch, batch_idx):
         images, labels = batch
         loss = F.cross_entropy(self(images), labels)
+        if not torch.isfinite(loss):  # before NaN weights classify everything as class 0
+            raise UserError(f"fine-tuning diverged at step {self.global_step} (loss {loss.item()}); "
+                            f"lower --finetune_lr (now {self.lr:g})")  # fmt: skip
         self.log("finetune/loss", loss, prog_bar=True)
         return loss
 
@@ -100,6 +87,19 @@ def weight_average(start: nn.Module, end: nn.Module, alpha: float) -> nn.Module:
     return averaged
 
 
+class WithTargets(Dataset):
+    """A dataset's images with other targets (cross-entropy takes class probabilities too)."""
+
+    def __init__(self, base: Dataset, targets: torch.Tensor):
+        self.base, self.targets = base, targets
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return self.base[index][0], self.targets[index]
+
+
 def train_transform(image_size: int, normalize: dict) -> T.Compose:
     return T.Compose(
         [
@@ -124,12 +124,15 @@ def finetune(
     num_workers: int = 2,
     seed: int = 0,
     accelerator: str = "auto",
+    targets: torch.Tensor | None = None,
 ) -> tuple[FineTuner, FineTuner, int]:
     """Fine-tune copies of `backbone` and `head` (the probe's, see probe_as_head) on the images
     `indices` of `train_set` for `steps` steps; returns the classifier to report (WiSE-FT's
     average of start and end), the end of fine-tuning and the training FLOPs (the first step's
-    count times the steps)."""
-    subset = Transformed(Subset(train_set, indices), train_transform(image_size, normalize))
+    count times the steps). `targets` (one row of class probabilities per image of train_set)
+    replace the images' labels: self-training's soft pseudo-labels."""
+    chosen = Subset(train_set if targets is None else WithTargets(train_set, targets), indices)
+    subset = Transformed(chosen, train_transform(image_size, normalize))
     batch = min(batch_size, len(subset))
     loader = DataLoader(subset, batch_size=batch, shuffle=True, num_workers=num_workers,
                         persistent_workers=num_workers > 0)  # fmt: skip
@@ -154,3 +157,21 @@ def finetune(
         trainer.fit(model, loader)
     averaged = weight_average(FineTuner(backbone, head, lr), model, WISE_ALPHA)
     return averaged.eval(), model.eval(), flops.total(trainer.global_step)
+
+
+def soft_pseudo_labels(teacher_logits: torch.Tensor, labels: torch.Tensor,
+                       labeled: list[int]) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """Self-training's targets (SimCLRv2's third stage, Chen et al. 2020, temperature 1): the
+    fine-tuned teacher's class probabilities for every unlabeled image, the true label (one-hot)
+    for each labeled one. With them, how good the pseudo-labels are: the teacher's top-1 against
+    the withheld labels of the unlabeled images (measured here, never trained on)."""
+    targets = teacher_logits.float().softmax(1)
+    targets[labeled] = F.one_hot(labels[labeled], targets.shape[1]).float()
+    unlabeled = torch.ones(len(labels), dtype=torch.bool)
+    unlabeled[labeled] = False
+    guesses = teacher_logits[unlabeled].argmax(1)
+    return targets, {
+        "unlabeled": int(unlabeled.sum()),
+        "pseudo_label_top1": round(float((guesses == labels[unlabeled]).float().mean()), 4),
+        "pseudo_label_confidence": round(float(targets[unlabeled].max(1).values.mean()), 4),
+    }

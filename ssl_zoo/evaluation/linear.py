@@ -1,6 +1,7 @@
 """Linear probe: a linear classifier on frozen, precomputed features.
 
-Features are standardised with the training split's mean and std, then a linear layer is trained
+Features are standardised with the training split's mean and std (features nearly constant on
+it take the median std), then a linear layer is trained
 with AdamW (lr 1e-3, cosine decay, no weight decay) for `epochs` passes of mini-batches of 512
 over the training features; no augmentation, since the features are computed once.
 """
@@ -25,6 +26,11 @@ def train_linear_probe(
     """Returns (classifier, mean, std); classify new features as classifier((x - mean) / std)."""
     generator = torch.Generator().manual_seed(seed)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    # A feature (nearly) constant over few labeled images, yet not over the rest, would be
+    # scaled by up to 1e6: the probe's logits and fine-tuning from it blow up (10 labels of a
+    # ReLU network: dozens of such features). Those take the typical scale instead.
+    typical = std.median()
+    std = torch.where(std < 0.01 * typical, typical, std)
     x = (train_x - mean) / std
     classifier = nn.Linear(x.shape[1], num_classes)
     steps = epochs * max(1, -(-len(x) // batch_size))

@@ -33,15 +33,26 @@ from ssl_zoo.data import (
     IMAGENET_NORMALIZE,
     SYNTHETIC_NORMALIZE,
     Transformed,
+    dataset_labels,
+    image_digests,
+    image_ids,
     load_splits,
 )
 from ssl_zoo.detection.model import DETECTOR_LR, DETECTORS
 from ssl_zoo.errors import UserError, run_main, unknown_choice
-from ssl_zoo.evaluation.finetune import balanced_subset, finetune, probe_as_head
+from ssl_zoo.evaluation.finetune import finetune, probe_as_head, soft_pseudo_labels
 from ssl_zoo.evaluation.knn import knn_scores, topk_accuracy
 from ssl_zoo.evaluation.label_free import label_free_metrics
 from ssl_zoo.evaluation.linear import train_linear_probe
 from ssl_zoo.evaluation.plots import embedding_plot
+from ssl_zoo.evaluation.selection import (
+    LABEL_FREE,
+    RULES,
+    Pool,
+    check_budget,
+    choose_labeled,
+    file_hash,
+)
 from ssl_zoo.loggers import wandb_mode
 from ssl_zoo.views import build_views, eval_transform
 
@@ -72,8 +83,19 @@ class EvalConfig:
         knn_k: Neighbours of the kNN classifier.
         knn_t: Temperature of its weighted vote.
         linear_epochs: Epochs of the linear probe on precomputed features.
-        label_fraction: Fraction of training labels for fine-tuning, class-balanced, in (0, 1];
-            detection: the fraction of labeled training images.
+        label_fraction: Fraction of the training images to label for fine-tuning, in (0, 1]
+            (--select balanced: of each class); detection: of the training images.
+        labels: Label this many training images instead of a fraction; the linear probe then
+            trains on them alone (without --labels, --select or --selection: on all labels).
+        select: Which images to label (ssl_zoo/evaluation/selection.py): balanced (a random
+            fraction of each class; reads the labels), or from the encoder's embeddings
+            without reading any label: random, typiclust, probcover or kcenter.
+        selection: Reuse a selection.json of an earlier evaluation (the same images labeled,
+            e.g. for another protocol or backbone).
+        federated_selection: A federate.py run directory: each of its clients selects its share
+            of the budget (proportional to its images) on its own images with --select.
+        self_train: finetune and detection: the fine-tuned model labels the unlabeled rest of
+            the training images and a second model trains on both, from the same encoder.
         finetune_steps: Fine-tuning steps (few labels: an epoch may be a single batch).
         finetune_lr: Fine-tuning learning rate (SGD, cosine).
         classes: detection: comma-separated class names to detect (default: all of them).
@@ -114,6 +136,11 @@ class EvalConfig:
     knn_t: float = 0.1
     linear_epochs: int = 100
     label_fraction: float = 0.01
+    labels: int | None = None
+    select: str = "balanced"
+    selection: str | None = None
+    federated_selection: str | None = None
+    self_train: bool = False
     finetune_steps: int = 300
     finetune_lr: float = 0.05
     classes: str | None = None
@@ -161,6 +188,15 @@ class EvalConfig:
             raise UserError(f"seed must be in [0, 2**32) (got {self.seed})")
         if not 0 < self.label_fraction <= 1:
             raise UserError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        if self.select not in RULES:
+            raise unknown_choice("select", self.select, RULES)
+        if self.labels is not None and self.labels < 1:
+            raise UserError(f"labels must be >= 1 (got {self.labels})")
+        if self.federated_selection and self.select not in LABEL_FREE:
+            raise UserError("--federated_selection: clients hold no labels; give a label-free "
+                            f"--select ({', '.join(LABEL_FREE)})")  # fmt: skip
+        if self.self_train and self.protocol not in ("finetune", "all", "detection"):
+            raise UserError("--self_train goes with --protocol finetune, all or detection")
         if self.checkpoint == "random" and not self.backbone:
             raise UserError("--checkpoint random needs --backbone NAME (e.g. resnet18)")
         raise_first_failure(data_checks(self))
@@ -169,6 +205,17 @@ class EvalConfig:
         if self.linear_epochs < 1 or self.finetune_steps < 1:
             raise UserError("linear_epochs and finetune_steps must be >= 1")
         check_accelerator(self.accelerator)
+
+    @property
+    def few_labels(self) -> bool:
+        """Whether the user asked for a labeled subset: then the linear probe trains on it too."""
+        return self.labels is not None or self.selection is not None or self.select != "balanced"
+
+    def encoder_id(self) -> str:
+        """Which encoder embedded the pool: a checkpoint's name and hash, or the random init."""
+        if self.checkpoint == "random":
+            return f"random {self.backbone} (seed {self.seed})"
+        return f"{self.checkpoint} (sha256 {file_hash(self.checkpoint)})"
 
 
 def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
@@ -268,6 +315,10 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
     normalize = DATASETS[cfg.dataset].normalize
     transform = eval_transform(splits.image_size, normalize)
     protocols = ["knn", "linear", "finetune"] if cfg.protocol == "all" else [cfg.protocol]
+    pool_ids = image_ids(splits.bank, cfg.data_dir)
+    labeling = "finetune" in protocols or cfg.few_labels
+    if labeling:
+        check_budget(cfg, pool_ids, dataset_labels(splits.bank))
     seconds: dict[str, float] = {}
 
     tic = time.time()
@@ -290,6 +341,13 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         with torch.no_grad():
             return probe, accuracy(classifier((test_x - mean) / std))
 
+    labeled, selection = None, None
+    if labeling:
+        pool = Pool(pool_ids, image_digests(splits.bank), train_x, train_y.numpy(),
+                    splits.num_classes, lambda i: splits.bank[i][0])  # fmt: skip
+        labeled, selection = choose_labeled(cfg, pool, cfg.encoder_id(), out_dir)
+        results["selection"] = {k: selection[k] for k in ("rule", "labels", "seconds")
+                                if k in selection}  # fmt: skip
     if "knn" in protocols:
         tic = time.time()
         scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
@@ -297,17 +355,22 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         seconds["knn"] = time.time() - tic
     if "linear" in protocols:
         tic = time.time()
-        _, results["linear"] = linear_probe(train_x, train_y)
+        chosen = labeled if cfg.few_labels else slice(None)
+        _, results["linear"] = linear_probe(train_x[chosen], train_y[chosen])
         seconds["linear"] = time.time() - tic
     if "finetune" in protocols:
         tic = time.time()
-        indices = balanced_subset(train_y.tolist(), cfg.label_fraction, cfg.seed)
+        indices = labeled
         probe, probed = linear_probe(train_x[indices], train_y[indices])
-        averaged, end, flops = finetune(
-            model, probe_as_head(*probe), splits.bank, indices, splits.image_size,
-            normalize, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, cfg.num_workers,
-            cfg.seed, cfg.accelerator,
-        )  # fmt: skip
+
+        def tune(images: list[int], targets: torch.Tensor | None = None):
+            return finetune(
+                model, probe_as_head(*probe), splits.bank, images, splits.image_size,
+                normalize, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, cfg.num_workers,
+                cfg.seed, cfg.accelerator, targets,
+            )  # fmt: skip
+
+        averaged, end, flops = tune(indices)
 
         def tested(classifier: nn.Module, desc: str) -> dict[str, float]:
             logits, _ = extract_features(classifier, Transformed(splits.test, transform), cfg,
@@ -325,6 +388,21 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
             "gflops": gflops(flops),
         }
         seconds["finetune"] = time.time() - tic
+        if cfg.self_train:
+            tic = time.time()
+            teacher, _ = extract_features(averaged, Transformed(splits.bank, transform), cfg,
+                                          device, "pseudo-labels")  # fmt: skip
+            targets, quality = soft_pseudo_labels(teacher, train_y, indices)
+            # The student starts where the teacher did (encoder and probe head) and trains on
+            # every training image: the labeled ones with their labels, the rest with soft ones.
+            student, student_end, student_flops = tune(list(range(len(train_y))), targets)
+            results["finetune"]["self_train"] = {
+                **tested(student, "self-trained"),
+                **quality,
+                "end_of_training": tested(student_end, "self-trained, end"),
+                "gflops": gflops(student_flops),
+            }
+            seconds["self_train"] = time.time() - tic
 
     # Label-free metrics on the test features; alignment needs two augmented views of each image.
     tic = time.time()
@@ -353,7 +431,9 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
         "plot": plot_path,
         # Training FLOPs of the evaluation (fine-tuning); extracting features is not counted.
-        "gflops": results.get("finetune", {}).get("gflops", 0.0),
+        "gflops": results.get("finetune", {}).get("gflops", 0.0)
+        + results.get("finetune", {}).get("self_train", {}).get("gflops", 0.0),
+        "selection": str(out_dir / "selection.json") if selection else None,
     }
 
 
