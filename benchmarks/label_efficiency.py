@@ -10,7 +10,9 @@ Three parts, each resumable (every row is kept in --runs/rows.jsonl and not meas
    linear probe on those labels alone; random and balanced with --draws seeds, the others with
    seed 0. Features are computed once per backbone, as evaluate.py computes them.
 2. finetune: at --finetune_budgets, `evaluate.py --protocol finetune --labels N --select RULE
-   --self_train` per backbone, rule and draw: fine-tuning (LP-FT, WiSE-FT) and, from the same
+   --self_train` per backbone of --finetune_backbones (by default the SimCLR one: a run takes
+   about 5.5 minutes on 2 cores, and selection on random-init features is no better than
+   random picks in part 1), rule and draw: fine-tuning (LP-FT, WiSE-FT) and, from the same
    run, self-training on the unlabeled rest (the teacher is that fine-tuned model).
 3. federated: a federated SimCLR on --clients clients (IID and Dirichlet(0.1), federate.py with
    configs/federated/cifar10.yaml and the SimCLR recipe, trained here if its run is absent);
@@ -27,6 +29,7 @@ as wide as the published one), and ends with one JSON line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -115,7 +118,8 @@ def features_of(checkpoint: str, args) -> dict:
     cfg = eval_config(checkpoint, args)
     torch.manual_seed(0)
     model, _, meta = load_encoder(cfg)
-    splits = load_splits(cfg.dataset, cfg.data_dir, meta.get("image_size"), None, None, 0)
+    splits = load_splits(cfg.dataset, cfg.data_dir, meta.get("image_size"), args.train_samples,
+                         args.test_samples, 0)  # fmt: skip
     transform = eval_transform(splits.image_size, DATASETS[cfg.dataset].normalize)
     device = inference_device("auto")
     train_x, train_y = extract_features(
@@ -130,9 +134,16 @@ def features_of(checkpoint: str, args) -> dict:
             "classes": splits.num_classes}  # fmt: skip
 
 
-def linear_row(feats: dict, budget: int, rule: str, seed: int, out: Path,
+def jobs(budgets: list[int], rules: list[str], draws: list[int]) -> list[tuple[int, str, int]]:
+    """(budget, rule, seed): random and balanced once per draw, the other rules with seed 0."""
+    return [(b, r, s) for b in budgets for r in rules for s in (draws if r in DRAWN else [0])]
+
+
+def linear_row(features, budget: int, rule: str, seed: int, out: Path,
                federated: str | None = None) -> dict:  # fmt: skip
-    """One selection (written to out/selection.json) and the linear probe on its labels."""
+    """One selection (written to out/selection.json) and the linear probe on its labels;
+    `features()` gives the pool's (computed once)."""
+    feats = features()
     from ssl_zoo.evaluation.knn import topk_accuracy
     from ssl_zoo.evaluation.linear import train_linear_probe
     from ssl_zoo.evaluation.selection import Pool, check_budget, choose_labeled
@@ -158,7 +169,7 @@ def finetune_row(checkpoint: str, budget: int, rule: str, seed: int, out: Path, 
     command = ["evaluate.py", "--checkpoint", checkpoint, "--protocol", "finetune",
                "--dataset", args.dataset, "--data_dir", args.data_dir, "--labels", str(budget),
                "--select", rule, "--self_train", "--seed", str(seed), "--plot", "false",
-               "--track_energy", "false", "--output_dir", str(out),
+               "--track_energy", "false", "--output_dir", str(out), *limits(args),
                *(["--backbone", "timm:resnet18", "--backbone_args", json.dumps(RECIPE_ARGS)]
                  if random else [])]  # fmt: skip
     found = last_json(command, f"{rule} {budget}")
@@ -171,11 +182,25 @@ def finetune_row(checkpoint: str, budget: int, rule: str, seed: int, out: Path, 
             "pseudo_label_top1": student["pseudo_label_top1"], "seconds": found["seconds"]}  # fmt: skip
 
 
-def federated_run(partition: str, args) -> Path:
-    """A federated SimCLR on the photos (trained here unless its run directory is finished)."""
-    run = Path(args.runs) / f"fed-simclr-{partition}"
-    if (run / "summary.json").is_file():
-        return run
+def limits(args, flags=("train_samples", "test_samples", "finetune_steps")) -> list[str]:
+    """The pool and test-set limits and fine-tuning steps, where given, for evaluate.py."""
+    return [a for f in flags if getattr(args, f) for a in (f"--{f}", str(getattr(args, f)))]
+
+
+def federated_dir(partition: str, args) -> Path:
+    return Path(args.runs) / f"fed-simclr-{partition}"
+
+
+def federated_features(partition: str, args) -> dict:
+    """The pool's features on a federated SimCLR's encoder, trained here unless its run
+    directory holds a finished run (federate.py --resume continues a killed one)."""
+    run = federated_dir(partition, args)
+    if not (run / "summary.json").is_file():
+        train_federation(run, partition, args)
+    return features_of(str(run / "backbone.pt"), args)
+
+
+def train_federation(run: Path, partition: str, args) -> None:
     alpha = ["--partition", "dirichlet", "--alpha", "0.1"] if partition == "dirichlet" else [
         "--partition", "iid"]  # fmt: skip
     resume = ["--resume"] if (run / "config.yaml").is_file() else []
@@ -183,10 +208,10 @@ def federated_run(partition: str, args) -> Path:
                        "configs/methods/simclr.yaml", "--dataset", args.dataset, "--data_dir",
                        args.data_dir, "--num_clients", str(args.clients), "--rounds",
                        str(args.rounds), *alpha, "--track_energy", "false",
+                       *limits(args, ("train_samples", "test_samples")),
                        "--output_dir", str(run), *resume], f"federated {partition}")  # fmt: skip
     if "error" in found:
         raise SystemExit(f"federated {partition}: {found['error']}")
-    return run
 
 
 def mean_cell(values: list[float]) -> str:
@@ -296,10 +321,15 @@ def main() -> None:
     parser.add_argument("--draws", type=listed(at_least(0)), default="0,1,2",
                         help="seeds of the random and balanced draws")  # fmt: skip
     parser.add_argument("--finetune_budgets", type=listed(at_least(1)), default="100")
+    parser.add_argument("--finetune_backbones", type=listed(str), default="simclr",
+                        help="backbones fine-tuned (each run is minutes: about 5.5 alone)")  # fmt: skip
     parser.add_argument("--federated_budgets", type=listed(at_least(1)), default="20,100")
     parser.add_argument("--clients", type=at_least(1), default=5)
     parser.add_argument("--rounds", type=at_least(1), default=5)
     photo_arguments(parser)
+    for flag in ("train_samples", "test_samples", "finetune_steps"):
+        parser.add_argument(f"--{flag}", type=at_least(1), default=None,
+                            help="passed to evaluate.py (a quick check: fewer images, steps)")  # fmt: skip
     parser.add_argument("--runs", default="runs/label-efficiency")
     parser.add_argument("--plot", default=None, help=f"the picture (default {PLOT})")
     output_arguments(parser, "label-efficiency")
@@ -310,12 +340,13 @@ def main() -> None:
     if unknown:
         parser.error(f"--rules: unknown {', '.join(unknown)}; valid: {', '.join(KNOWN)}")
     whole = at_defaults(parser, args, "backbones", "recipes", "budgets", "rules", "draws",
-                        "finetune_budgets", "federated_budgets", "clients", "rounds", "dataset",
-                        "data_dir")  # fmt: skip
+                        "finetune_budgets", "finetune_backbones", "federated_budgets", "clients", "rounds", "dataset",
+                        "data_dir", "train_samples", "test_samples", "finetune_steps")  # fmt: skip
     writers = table_writers(parser, args, "label-efficiency", whole,
                             "benchmarks/label_efficiency.md", DOCS)  # fmt: skip
     plot_path = args.plot if args.plot is not None else (PLOT if whole else "")
     checkpoints = backbone_checkpoints(args)
+    label_free = [r for r in args.rules if r != "balanced"]
     for name, checkpoint in checkpoints.items():
         if checkpoint != "random" and not Path(checkpoint).is_file():
             parser.error(f"{checkpoint} not found: python benchmarks/recipes.py --methods {name} "
@@ -323,50 +354,43 @@ def main() -> None:
     start = time.time()
     rows = Rows(Path(args.runs) / "rows.jsonl")
 
-    def measure(key: dict, run) -> None:
+    def measure(key: dict, run, *run_args) -> None:
         if rows.get(key) is None:
             print(f"{key} ...", file=sys.stderr, flush=True)
-            rows.add({**key, **run()})
+            rows.add({**key, **run(*run_args)})
 
     for name, checkpoint in checkpoints.items():
-        feats: dict = {}
-        for budget in args.budgets:
-            for rule in args.rules:
-                for seed in args.draws if rule in DRAWN else [0]:
-                    key = {"part": "linear", "backbone": name, "rule": rule, "budget": budget,
-                           "seed": seed}  # fmt: skip
-                    if rows.get(key) is None and not feats:
-                        feats.update(features_of(checkpoint, args))
-                    out = Path(args.runs) / name / f"linear-{rule}-{budget}-{seed}"
-                    measure(key, lambda out=out, b=budget, r=rule, s=seed:
-                            linear_row(feats, b, r, s, out))  # fmt: skip
-        for budget in args.finetune_budgets:
-            for rule in [r for r in args.rules if r != "balanced"]:
-                for seed in args.draws if rule in DRAWN else [0]:
-                    key = {"part": "finetune", "backbone": name, "rule": rule, "budget": budget,
-                           "seed": seed}  # fmt: skip
-                    out = Path(args.runs) / name / f"finetune-{rule}-{budget}-{seed}"
-                    measure(key, lambda c=checkpoint, b=budget, r=rule, s=seed, out=out:
-                            finetune_row(c, b, r, s, out, args))  # fmt: skip
+        features = functools.cache(functools.partial(features_of, checkpoint, args))
+        for budget, rule, seed in jobs(args.budgets, args.rules, args.draws):
+            key = {"part": "linear", "backbone": name, "rule": rule, "budget": budget, "seed": seed}
+            out = Path(args.runs) / name / f"linear-{rule}-{budget}-{seed}"
+            measure(key, linear_row, features, budget, rule, seed, out)
+        if name not in args.finetune_backbones:
+            continue
+        for budget, rule, seed in jobs(args.finetune_budgets, label_free, args.draws):
+            key = {"part": "finetune", "backbone": name, "rule": rule, "budget": budget,
+                   "seed": seed}  # fmt: skip
+            out = Path(args.runs) / name / f"finetune-{rule}-{budget}-{seed}"
+            measure(key, finetune_row, checkpoint, budget, rule, seed, out, args)
     for partition in ("iid", "dirichlet") if args.federated_budgets else ():
-        run = None
-        feats = {}
-        for budget in args.federated_budgets:
-            for rule in [r for r in args.rules if r != "balanced"]:
-                where = ["central"] + (["per client"] if rule != "random" else [])
-                for place in where:
-                    for seed in args.draws if rule in DRAWN else [0]:
-                        label = rule if rule == "random" else f"{rule}, {place}"
-                        key = {"part": "federated", "backbone": f"FedSimCLR {partition}",
-                               "rule": label, "budget": budget, "seed": seed}  # fmt: skip
-                        if rows.get(key) is None and not feats:
-                            run = federated_run(partition, args)
-                            feats.update(features_of(str(run / "backbone.pt"), args))
-                        out = Path(args.runs) / f"fed-{partition}" / f"{label}-{budget}-{seed}"
-                        fed = str(run) if place == "per client" and run else None
-                        measure(key, lambda b=budget, r=rule, s=seed, out=out, f=fed:
-                                linear_row(feats, b, r, s, out.with_name(out.name.replace(
-                                    ", ", "-").replace(" ", "_")), f))  # fmt: skip
+        run = federated_dir(partition, args)
+        features = functools.cache(functools.partial(federated_features, partition, args))
+        for budget, rule, seed in jobs(args.federated_budgets, label_free, args.draws):
+            for clients in [None] if rule == "random" else [None, str(run)]:
+                label = (
+                    rule
+                    if rule == "random"
+                    else f"{rule}, {'per client' if clients else 'central'}"
+                )
+                key = {"part": "federated", "backbone": f"FedSimCLR {partition}", "rule": label,
+                       "budget": budget, "seed": seed}  # fmt: skip
+                out = (
+                    Path(args.runs)
+                    / f"fed-{partition}"
+                    / f"{label.replace(', ', '-')}-{budget}-{seed}"
+                )
+                measure(key, linear_row, features, budget, rule, seed, out.with_name(
+                    out.name.replace(" ", "_")), clients)  # fmt: skip
     title = (f"{command_stamp('benchmarks/label_efficiency.py')}: --dataset {args.dataset} "
              f"--data_dir {relative(args.data_dir)}; backbones: "
              + ", ".join(f"{n} ({'random init, the recipe architecture' if c == 'random' else relative(c)})"

@@ -98,9 +98,11 @@ class RunConfig:
     Args:
         method: SSL method (simclr, mocov2, nnclr, byol, simsiam, dino, vicreg, barlowtwins, swav, rotnet).
         method_args: The method's own hyper-parameters (temperature, projector sizes, momentum...).
-        dataset: synthetic, scenes (street scenes, ssl_zoo/scenes.py), cifar10, cifar100, stl10
-            or imagefolder.
-        data_dir: Dataset root (torchvision files, or DIR/train/<class>/* for imagefolder).
+        dataset: synthetic, scenes (street scenes, ssl_zoo/scenes.py), cifar10, cifar100, stl10,
+            imagefolder, or coco (the photos of a COCO detection layout, each labeled by its
+            largest object for the monitor and non-IID partitions; the boxes are not read).
+        data_dir: Dataset root (torchvision files, DIR/train/<class>/* for imagefolder, or
+            DIR/annotations + DIR/train + DIR/val for coco).
         image_size: Side of the training views in pixels; default: the dataset's own.
         train_samples: Use at most this many training images (synthetic: generate this many).
         test_samples: Use at most this many test images for the monitor (synthetic: generate this many).
@@ -204,7 +206,10 @@ class RunConfig:
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.augment in AUGMENT, f"augment must be one of {', '.join(AUGMENT)}"),
             (self.hard_views >= 1, f"hard_views must be >= 1 (got {self.hard_views})"),
-            (self.dataset != "imagefolder" or self.data_dir, "imagefolder needs --data_dir DIR"),
+            (
+                self.dataset not in ("imagefolder", "coco") or self.data_dir,
+                f"{self.dataset} needs --data_dir DIR",
+            ),
             (self.max_epochs >= 1, f"max_epochs must be >= 1 (got {self.max_epochs})"),
             (self.max_time is None or self.max_time > 0, "max_time must be > 0 minutes"),
             (self.knn_every_n_epochs >= 1, "knn_every_n_epochs must be >= 1"),

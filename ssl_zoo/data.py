@@ -51,6 +51,7 @@ DATASETS = {
     "cifar100": DatasetInfo(CIFAR100_NORMALIZE, 32),
     "stl10": DatasetInfo(IMAGENET_NORMALIZE, 96),
     "imagefolder": DatasetInfo(IMAGENET_NORMALIZE, None),
+    "coco": DatasetInfo(IMAGENET_NORMALIZE, None),
 }
 
 SYNTHETIC_SIZES = {"train": 5000, "test": 1000}
@@ -170,6 +171,19 @@ def _load_imagefolder(data_dir: Path) -> tuple[Dataset, Dataset | None, Dataset 
     return train, train, test, len(classes)
 
 
+def _load_coco(data_dir: Path) -> tuple[Dataset, Dataset, Dataset, int]:
+    """The photos of a COCO detection layout (DIR/annotations, DIR/train, DIR/val) for SSL: the
+    boxes are never trained on; each photo's label is its largest object's class, which only
+    the kNN monitor and a non-IID partition (a stand-in for vehicles that see other roads) read."""
+    from ssl_zoo.detection.data import largest_object_classes, load_coco_split
+
+    train, classes = load_coco_split(data_dir, "train", None)
+    val, _ = load_coco_split(data_dir, "val", classes)
+    files = [ImageFiles(list(split.images), largest_object_classes(split).tolist())
+             for split in (train, val)]  # fmt: skip
+    return files[0], files[0], files[1], len(classes)
+
+
 def _load_torchvision(name: str, data_dir: Path):
     import torchvision.datasets as tvd
 
@@ -224,6 +238,8 @@ def load_splits(
         splits = (parts[0], parts[0], parts[1], len(scenes.CLASSES))
     elif dataset == "imagefolder":
         splits = _load_imagefolder(data_dir)
+    elif dataset == "coco":
+        splits = _load_coco(data_dir)
     else:
         splits = _load_torchvision(dataset, data_dir)
     train, bank, test, num_classes = splits

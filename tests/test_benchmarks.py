@@ -352,6 +352,7 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
     from benchmarks.cost import DOCS as COST
     from benchmarks.detection import DOCS as DETECTION
     from benchmarks.finetune import DOCS as FINETUNE
+    from benchmarks.label_efficiency import DOCS as LABEL_EFFICIENCY
     from benchmarks.recipes import DOCS as RECIPES
     from benchmarks.recipes import table_name
     from benchmarks.reference import DOCS as REFERENCE
@@ -360,6 +361,7 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
     written = {(page, table_name(m)) for m, pages in RECIPES.items() for page in pages.split(",")}
     written |= {(page, "detection") for page in DETECTION.split(",")}
     written |= {(page, "finetune") for page in FINETUNE.split(",")}
+    written |= {(page, "label-efficiency") for page in LABEL_EFFICIENCY.split(",")}
     written |= {(page, "cost") for page in COST.split(",")}
     written |= {(page, "reference") for page in REFERENCE.split(",")}
     for comparison in sorted((ROOT / "configs" / "federated").glob("compare*.yaml")):
@@ -372,3 +374,31 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
     for page, name in marked:  # one pair of markers per table
         text = (ROOT / page).read_text()
         assert [text.count(m) for m in markers(name)] == [1, 1], (page, name)
+
+
+@pytest.mark.slow
+def test_label_efficiency_tabulates_every_part_and_resumes(tmp_path):
+    """benchmarks/label_efficiency.py on a random-init backbone and 300 synthetic images: the
+    linear rows (random with two draws), a fine-tuning row with self-training, and selection on
+    a federated encoder centrally and per client; a second run measures nothing again."""
+    out, runs = tmp_path / "table.md", tmp_path / "runs"
+    args = ["--backbones", "random", "--finetune_backbones", "random", "--dataset", "synthetic",
+            "--data_dir", "", "--budgets", "10,20", "--rules", "random,typiclust", "--draws",
+            "0,1", "--finetune_budgets", "20", "--federated_budgets", "10", "--clients", "3",
+            "--rounds", "1", "--train_samples", "300", "--test_samples", "60",
+            "--finetune_steps", "2", "--runs", str(runs), "--out", str(out), "--docs", "",
+            "--plot", str(tmp_path / "plot.png")]  # fmt: skip
+    proc = run_script("benchmarks/label_efficiency.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = last_json_line(proc.stdout)["rows"]
+    parts = [r["part"] for r in rows]
+    # linear: 2 budgets x (2 random draws + typiclust); finetune: 2 draws + typiclust; federated:
+    # 2 splits x (2 random draws + typiclust central + typiclust per client), 3 clients
+    assert parts.count("linear") == 6 and parts.count("finetune") == 3
+    assert parts.count("federated") == 8
+    table = out.read_text()
+    assert "| random | typiclust |" in table and "self-trained" in table and "per client" in table
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    again = run_script("benchmarks/label_efficiency.py", *args)
+    assert again.returncode == 0 and "} ..." not in again.stderr  # every row reused
+    assert last_json_line(again.stdout)["rows"] == rows

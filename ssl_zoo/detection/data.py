@@ -123,7 +123,14 @@ def load_detection(dataset: str, data_dir: str | None, classes: list[str] | None
         raise UserError("--dataset coco needs --data_dir DIR (DIR/annotations, DIR/train, DIR/val)")
     train, chosen = load_coco_split(Path(data_dir), "train", classes)
     val, _ = load_coco_split(Path(data_dir), "val", chosen)
-    return DetectionSplits(train, val, chosen)
+    return DetectionSplits(at_most(train, train_samples), at_most(val, test_samples), chosen)
+
+
+def at_most(data: DetectionImages, limit: int | None) -> DetectionImages:
+    """At most `limit` images, a seeded draw kept in order (as ssl_zoo.data subsamples)."""
+    if limit is None or limit >= len(data):
+        return data
+    return data.subset(np.sort(np.random.default_rng(0).permutation(len(data))[:limit]).tolist())
 
 
 def _only(splits: DetectionSplits, classes: list[str]) -> DetectionSplits:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,12 @@ def _strategy(rule: str, seed: int, num_classes: int):
     return CoreSet(random_state=seed)
 
 
+def check_typiclust(budget: int, pool: int) -> None:
+    if budget > pool // 2:
+        raise UserError(f"typiclust clusters the pool into one cluster per label: {budget} "
+                        f"labels need a pool of at least {2 * budget} images (have {pool})")  # fmt: skip
+
+
 def select(features, budget: int, rule: str, seed: int = 0, num_classes: int = 2) -> list[int]:
     """Indices of `budget` images of the pool whose embeddings are `features` (n, d), chosen by
     a label-free `rule` with `seed`. No labels are passed in: none can be read."""
@@ -95,12 +102,9 @@ def select(features, budget: int, rule: str, seed: int = 0, num_classes: int = 2
     if not 1 <= budget <= len(x):
         raise UserError(f"a budget of {budget} labels does not fit a pool of {len(x)} images")
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    if rule == "typiclust" and budget > len(x) // 2:
-        raise UserError(f"typiclust clusters the pool into one cluster per label: {budget} "
-                        f"labels need a pool of at least {2 * budget} images (have {len(x)})")  # fmt: skip
+    if rule == "typiclust":
+        check_typiclust(budget, len(x))
     missing = np.full(len(x), np.nan)  # every label missing: the strategies see none
-    import warnings
-
     with warnings.catch_warnings():
         # ProbCover warns when no radius reaches the purity; it then takes the smallest, as said.
         warnings.filterwarnings("ignore", message=".*maximum purity.*")
@@ -124,7 +128,9 @@ def client_shares(sizes: list[int], budget: int) -> list[int]:
 def select_per_client(features, clients: list[np.ndarray], budget: int, rule: str,
                       seed: int = 0, num_classes: int = 2) -> tuple[list[int], list[int]]:  # fmt: skip
     """Each client selects its share on its own images' embeddings with the same rule (its own
-    seed); returns the chosen pool indices and each client's count. A client sends only those."""
+    seed); returns the chosen pool indices and each client's count. A client sends only those.
+    A client asked for more than half its images cannot make a typiclust cluster per label: it
+    draws its share at random."""
     x = np.asarray(features)
     shares = client_shares([len(c) for c in clients], budget)
     chosen: list[int] = []
@@ -256,9 +262,8 @@ def check_budget(cfg, ids: list[str], labels) -> None:
     if cfg.select == "balanced" and cfg.labels and cfg.labels < classes:
         raise UserError(f"--select balanced needs at least one label per class: --labels "
                         f"{cfg.labels} is fewer than the {classes} classes")  # fmt: skip
-    if cfg.select == "typiclust" and budget > len(ids) // 2:
-        raise UserError(f"typiclust clusters the pool into one cluster per label: {budget} "
-                        f"labels need a pool of at least {2 * budget} images (have {len(ids)})")  # fmt: skip
+    if cfg.select == "typiclust":
+        check_typiclust(budget, len(ids))
 
 
 @dataclass

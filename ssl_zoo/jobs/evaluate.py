@@ -70,7 +70,7 @@ class EvalConfig:
     Args:
         checkpoint: backbone.pt or a .ckpt of an ssl_zoo run, or 'random' for initialisation.
         protocol: knn, linear, finetune, all (the first three) or detection.
-        dataset: synthetic, scenes, cifar10, cifar100, stl10 or imagefolder; detection: scenes
+        dataset: synthetic, scenes, cifar10, cifar100, stl10, imagefolder or coco; detection: scenes
             (synthetic street scenes with boxes) or coco (COCO detection JSON under data_dir).
         data_dir: Dataset root.
         backbone: Backbone name; required with --checkpoint random, checked against a checkpoint.
