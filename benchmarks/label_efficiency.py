@@ -280,6 +280,12 @@ def tables(rows: list[dict], args, title: str) -> str:
                 cells = [mean_cell(fed[(encoder, rule, b)]) if (encoder, rule, b) in fed else ""
                          for b in fed_budgets]  # fmt: skip
                 lines.append(f"| {encoder} | {rule} | " + " | ".join(cells) + " |")
+    failed = [r for r in rows if "error" in r]
+    lines += [""] * bool(failed) + [
+        f"- failed: {r['part']} {r['backbone']} {r['rule']} {r['budget']} labels, seed "
+        f"{r['seed']}: {r['error']}"
+        for r in failed
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -354,10 +360,18 @@ def main() -> None:
     start = time.time()
     rows = Rows(Path(args.runs) / "rows.jsonl")
 
+    table_rows: list[dict] = []
+
     def measure(key: dict, run, *run_args) -> None:
-        if rows.get(key) is None:
+        """A row of this run's table: measured once and kept in rows.jsonl (a failed one is
+        not kept, so the next run tries it again)."""
+        row = rows.get(key)
+        if row is None:
             print(f"{key} ...", file=sys.stderr, flush=True)
-            rows.add({**key, **run(*run_args)})
+            row = {**key, **run(*run_args)}
+            if "error" not in row:
+                rows.add(row)
+        table_rows.append(row)
 
     for name, checkpoint in checkpoints.items():
         features = functools.cache(functools.partial(features_of, checkpoint, args))
@@ -395,12 +409,10 @@ def main() -> None:
              f"--data_dir {relative(args.data_dir)}; backbones: "
              + ", ".join(f"{n} ({'random init, the recipe architecture' if c == 'random' else relative(c)})"
                          for n, c in checkpoints.items()))  # fmt: skip
-    selected = [r for r in rows.rows if r["backbone"] in checkpoints
-                or r["part"] == "federated"]  # fmt: skip
-    text = tables(selected, args, title)
+    text = tables(table_rows, args, title)
     if plot_path:
-        plot(selected, args, plot_path)
-    publish(text, selected, {"title": title, "rows": selected,
+        plot(table_rows, args, plot_path)
+    publish(text, table_rows, {"title": title, "rows": table_rows,
                              "seconds": round(time.time() - start, 1)}, *writers)  # fmt: skip
 
 
