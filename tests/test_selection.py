@@ -20,6 +20,7 @@ from ssl_zoo.evaluation.selection import (
     select_per_client,
 )
 from ssl_zoo.jobs.evaluate import main as evaluate_main
+from ssl_zoo.jobs.train import main as train_main
 
 
 def clustered(n: int = 300, clusters: int = 6, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -152,8 +153,6 @@ def test_federated_selection_picks_each_clients_share_on_its_own_images(tmp_path
 
 
 def test_self_training_reports_pseudo_label_quality_on_a_tiny_set(tmp_path):
-    from ssl_zoo.jobs.train import main as train_main
-
     train_main(tiny_args(tmp_path / "run"))
     out = tmp_path / "self"
     proc = run_script("evaluate.py", "--checkpoint", str(tmp_path / "run" / "backbone.pt"),
@@ -231,3 +230,30 @@ def test_a_selection_file_for_another_dataset_or_pool_is_refused(tmp_path, capsy
             run_main(evaluate_main, [*base, *args, "--output_dir", str(tmp_path / "x")])
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
+
+
+def test_a_selection_by_an_earlier_version_of_the_checkpoint_is_refused(tmp_path, capsys):
+    """Another encoder may reuse a selection; the same backbone.pt retrained may not."""
+    import torch
+
+    train_main(tiny_args(tmp_path / "run"))
+    backbone = tmp_path / "run" / "backbone.pt"
+    base = ["--checkpoint", str(backbone), "--protocol", "linear", "--dataset", "synthetic",
+            "--train_samples", "64", "--test_samples", "20", "--num_workers", "0", "--knn_k",
+            "5", "--linear_epochs", "2", "--plot", "false", "--track_energy", "false"]  # fmt: skip
+    evaluate_main([*base, "--labels", "8", "--select", "kcenter", "--output_dir",
+                   str(tmp_path / "first")])  # fmt: skip
+    selection = str(tmp_path / "first" / "selection.json")
+    other = ["--checkpoint", "random", "--backbone", "timm:resnet10t", *base[2:]]
+    reused = evaluate_main([*other, "--selection", selection, "--output_dir",
+                            str(tmp_path / "other")])  # fmt: skip
+    assert reused["results"]["selection"]["rule"] == "kcenter"
+    payload = torch.load(backbone, weights_only=False)
+    first = next(iter(payload["state_dict"]))
+    payload["state_dict"][first] = payload["state_dict"][first] + 1  # "retrained"
+    torch.save(payload, backbone)
+    with pytest.raises(SystemExit):
+        run_main(evaluate_main, [*base, "--selection", selection, "--output_dir",
+                                 str(tmp_path / "stale")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert "an earlier version of" in err and "\n" not in err, err

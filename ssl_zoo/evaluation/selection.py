@@ -251,9 +251,16 @@ def federated_clients(run_dir: str | Path, pool_ids: list[str]) -> list[np.ndarr
 def check_budget(cfg, ids: list[str], labels) -> None:
     """The labeling options against the pool, before any feature is computed: one line for a
     budget larger than the pool, fewer labels than classes for a rule that needs one per class,
-    or a --selection file made for another dataset or pool."""
+    or a --selection file made for another dataset or pool, or by an earlier version of the
+    evaluated checkpoint."""
     if cfg.selection:
-        read_selection(cfg.selection, cfg.dataset, ids)
+        _, record = read_selection(cfg.selection, cfg.dataset, ids)
+        # Another encoder may reuse a selection (the same labels for every backbone); the same
+        # checkpoint file with other bytes is a retrained run whose selection is stale.
+        made_by, now = str(record.get("encoder", "")), cfg.encoder_id()
+        if made_by != now and made_by.split(" (sha256")[0] == now.split(" (sha256")[0]:
+            raise UserError(f"--selection {cfg.selection} was made by {made_by}, an earlier "
+                            f"version of {now}: select again, or pass a copy of that encoder")  # fmt: skip
         return
     budget = cfg.labels or max(1, round(cfg.label_fraction * len(ids)))
     if budget > len(ids):
