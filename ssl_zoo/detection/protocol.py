@@ -301,8 +301,7 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
         "classes": splits.classes,
         "label_fraction": cfg.label_fraction,
         "labeled_images": labeled,
-        "selection": selected
-        and {k: selected[k] for k in ("rule", "labels", "seconds") if k in selected},
+        "selection": selected and {k: selected[k] for k in ("rule", "labels")},
         "self_train": self_trained,
         "val_images": len(splits.val),
         "loss_first_epoch": round(first_loss, 4),

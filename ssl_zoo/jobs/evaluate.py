@@ -341,13 +341,13 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         with torch.no_grad():
             return probe, accuracy(classifier((test_x - mean) / std))
 
-    labeled, selection = None, None
+    labeled = None
     if labeling:
         pool = Pool(pool_ids, image_digests(splits.bank), train_x, train_y.numpy(),
                     splits.num_classes, lambda i: splits.bank[i][0])  # fmt: skip
         labeled, selection = choose_labeled(cfg, pool, cfg.encoder_id(), out_dir)
-        results["selection"] = {k: selection[k] for k in ("rule", "labels", "seconds")
-                                if k in selection}  # fmt: skip
+        results["selection"] = {k: selection[k] for k in ("rule", "labels")}
+        seconds["selection"] = selection.get("seconds", 0.0)
     if "knn" in protocols:
         tic = time.time()
         scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
@@ -433,7 +433,6 @@ def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int
         # Training FLOPs of the evaluation (fine-tuning); extracting features is not counted.
         "gflops": results.get("finetune", {}).get("gflops", 0.0)
         + results.get("finetune", {}).get("self_train", {}).get("gflops", 0.0),
-        "selection": str(out_dir / "selection.json") if selection else None,
     }
 
 
