@@ -69,7 +69,11 @@ def test_unreadable_image_names_its_path(image_folder):
     [
         ("imagefolder", "images", "imagefolder directory not found: .*images; expected DIR/train"),
         ("cifar10", "cifar", "cifar10 not found under .*cifar and the download failed"),
-        ("mnist", "x", "unknown dataset 'mnist'; valid choices: cifar10, cifar100, coco, imagefolder"),
+        (
+            "mnist",
+            "x",
+            "unknown dataset 'mnist'; valid choices: cifar10, cifar100, coco, imagefolder",
+        ),
     ],
 )
 def test_missing_or_unknown_data_is_one_clear_error(tmp_path, dataset, folder, message):
