@@ -51,6 +51,11 @@ class DetectionImages(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(self.image(index))).permute(2, 0, 1)
         return image, self.target(index)
 
+    @property
+    def paths(self) -> list[Path] | None:
+        """The image files, where the images are files (as ssl_zoo.data.ImageFiles has them)."""
+        return self.images if self.images and isinstance(self.images[0], Path) else None
+
     def subset(self, indices) -> DetectionImages:
         pick = lambda items: [items[i] for i in indices]  # noqa: E731
         return DetectionImages(pick(self.images), pick(self.boxes), pick(self.labels))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 
 import lightning.pytorch as L
 import numpy as np
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ssl_zoo.config import inference_device
 from ssl_zoo.cost import StepFlops, gflops
-from ssl_zoo.data import image_digests
+from ssl_zoo.data import image_digests, image_ids
 from ssl_zoo.detection.data import (
     DetectionImages,
     concatenated,
@@ -257,8 +256,7 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
 
     selected = None
     if cfg.few_labels:
-        ids = [p.name if isinstance(p, Path) else f"#{i}"
-               for i, p in enumerate(splits.train.images)]  # fmt: skip
+        ids = image_ids(splits.train, cfg.data_dir)
         largest = largest_object_classes(splits.train)
         check_budget(cfg, ids, largest)
         features = detection_embeddings(backbone, splits.train, cfg.det_size, normalize,
@@ -266,10 +264,9 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
         pool = Pool(ids, image_digests(splits.train), features, largest, len(splits.classes),
                     lambda i: splits.train[i][0].permute(1, 2, 0).numpy())  # fmt: skip
         indices, selected = choose_labeled(cfg, pool, cfg.encoder_id(), out_dir)
-        labeled_images = splits.train.subset(indices)
     else:
         indices = labeled_subset_indices(len(splits.train), cfg.label_fraction, cfg.seed)
-        labeled_images = splits.train.subset(indices)
+    labeled_images = splits.train.subset(indices)
     seconds = {"data": time.time() - tic}
     tic = time.time()
     detector, labeled, first_loss, last_loss, flops = fine_tuned(labeled_images)
