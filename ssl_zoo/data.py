@@ -8,6 +8,7 @@ Every dataset is reduced to the same three splits of (PIL image, label) pairs:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,8 +278,6 @@ def image_ids(dataset: Dataset, root: str | Path | None = None) -> list[str]:
 def image_digests(dataset: Dataset) -> list[str]:
     """A hash of each image's bytes (its file's, or its pixels'): an order of the images that
     neither their folders nor their labels decide (label selection sees the pool in it)."""
-    import hashlib
-
     if isinstance(dataset, Subset):
         parent = image_digests(dataset.dataset)
         return [parent[i] for i in dataset.indices]
