@@ -66,12 +66,8 @@ def relative(path: str | Path) -> str:
 
 
 def backbone_checkpoints(args) -> dict[str, str]:
-    found = {}
-    for name in args.backbones:
-        found[name] = (
-            "random" if name == "random" else str(Path(args.recipes) / name / "backbone.pt")
-        )
-    return found
+    return {name: "random" if name == "random" else str(Path(args.recipes) / name / "backbone.pt")
+            for name in args.backbones}  # fmt: skip
 
 
 def eval_config(checkpoint: str, args, **extra):
@@ -248,7 +244,7 @@ def tables(rows: list[dict], args, title: str) -> str:
         lines += ["", "Seconds to select 100 labels from the pool (embeddings excluded): "
                   + ", ".join(f"{rule} {max(v):.1f}" for (bb, rule, b), v in seconds.items()
                               if b == 100 and bb == args.backbones[0])]  # fmt: skip
-    finetune = {k: v for k, v in grouped(rows, "finetune", "finetune_top1").items()}
+    finetune = grouped(rows, "finetune", "finetune_top1")
     if finetune:
         extra = {key: grouped(rows, "finetune", key) for key in
                  ("probe_top1", "self_train_top1", "pseudo_label_top1", "seconds")}  # fmt: skip
