@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ TIMM_PREFIX = "timm:"
 class BackboneSpec:
     name: str
     cifar_stem: bool = False
-    pretrained: bool = False
+    # True: the library's own weights (timm or torchvision, downloaded); a path: the weights of
+    # an ssl_zoo backbone.pt or run checkpoint of the same architecture (another run's start).
+    pretrained: bool | str = False
     args: dict[str, Any] = field(default_factory=dict)  # constructor keywords, e.g. output_stride
 
 
@@ -40,6 +42,10 @@ def default_cifar_stem(name: str, image_size: int) -> bool:
 
 
 def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    if isinstance(spec.pretrained, str):
+        model, dim = build_backbone(replace(spec, pretrained=False))
+        start_from(model, spec.pretrained)
+        return model, dim
     if spec.name.startswith(TIMM_PREFIX):
         if spec.cifar_stem:
             raise UserError(f"cifar_stem applies to torchvision ResNets only, not '{spec.name}'")
@@ -47,6 +53,21 @@ def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
     if spec.name in TORCHVISION_RESNETS:
         return _build_torchvision(spec.name, spec.cifar_stem, spec.pretrained, spec.args)
     raise unknown_choice("backbone", spec.name, valid_names())
+
+
+def start_from(model: nn.Module, path: str) -> None:
+    """Load the weights of another run's backbone into `model`. Constructor options that change
+    no weight (a timm ResNet's output_stride, its pooling) may differ; the layers may not."""
+    if not Path(path).is_file():
+        raise UserError(f"pretrained: {path} not found; it is the backbone.pt of the run this one "
+                        "starts from: train that run first")  # fmt: skip
+    _, state, meta = _read_backbone(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(f"pretrained: {path} holds a {meta['spec']['name']} backbone whose "
+                        f"weights do not fit this one ({first})") from None  # fmt: skip
 
 
 def _bad_args(name: str, args: dict, err: TypeError) -> UserError:
@@ -108,6 +129,15 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, int, dict]:
     """Rebuild a backbone from backbone.pt, or from a Lightning checkpoint of an ssl_zoo run.
 
     Returns (module, feature_dim, metadata such as spec, image_size and normalize)."""
+    path, state, meta = _read_backbone(path)
+    spec = BackboneSpec(**{**meta["spec"], "pretrained": False})
+    model, feature_dim = build_backbone(spec)
+    model.load_state_dict(state)
+    return model, feature_dim, meta
+
+
+def _read_backbone(path: str | Path) -> tuple[Path, dict, dict]:
+    """(path, the backbone's state dict, its metadata) from backbone.pt or a run checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"backbone file not found: {path}")
@@ -129,7 +159,4 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, int, dict]:
         state = payload["state_dict"]
     else:
         raise UserError(f"{path} is neither a backbone.pt nor a checkpoint written by ssl_zoo")
-    spec = BackboneSpec(**{**meta["spec"], "pretrained": False})
-    model, feature_dim = build_backbone(spec)
-    model.load_state_dict(state)
-    return model, feature_dim, meta
+    return path, state, meta

@@ -117,7 +117,9 @@ class RunConfig:
         channels_last: Train in NHWC memory format (faster convolutions on CPU and GPU).
         compile: Compile the backbone with torch.compile (inductor); the first steps, and the first
             kNN monitor, wait for compilation (about a minute for a ResNet-18 on 2 CPU cores).
-        pretrained: Start from the backbone's pretrained weights (needs them downloaded).
+        pretrained: true: start from the backbone library's pretrained weights (needs them
+            downloaded); a path: from another ssl_zoo run's backbone.pt of this architecture
+            (e.g. a recipe trained on other photos).
         batch_size: Images per step (each yields two or more views).
         optimizer: sgd, lars or adamw.
         lr: Peak learning rate (absolute, not scaled by batch size).
@@ -165,7 +167,7 @@ class RunConfig:
     backbone: str = "resnet18"
     backbone_args: dict[str, Any] = field(default_factory=dict)
     cifar_stem: bool | None = None
-    pretrained: bool = False
+    pretrained: bool | str = False
     channels_last: bool = True
     compile: bool = False
     batch_size: int = 256

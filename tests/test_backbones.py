@@ -63,3 +63,20 @@ def test_backbone_args_reach_the_constructor_and_survive_a_save(tmp_path):
     assert loaded.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (2, 2)
     with pytest.raises(UserError, match="backbone_args .* do not fit timm:resnet10t"):
         build_backbone(BackboneSpec("timm:resnet10t", args={"stride_please": 2}))
+
+
+def test_pretrained_path_starts_from_another_runs_weights(tmp_path):
+    """pretrained: a backbone.pt path starts a backbone from that run's weights, even where the
+    constructor options differ without changing a weight (a stride-16 last stage); a backbone
+    of other layers is one clear error."""
+    source, _ = build_backbone(BackboneSpec("timm:resnet10t", args={"output_stride": 16}))
+    save_backbone(tmp_path / "backbone.pt", source, BackboneSpec("timm:resnet10t"))
+    started, _ = build_backbone(
+        BackboneSpec("timm:resnet10t", pretrained=str(tmp_path / "backbone.pt"))
+    )
+    fresh, _ = build_backbone(BackboneSpec("timm:resnet10t"))
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(),
+                                                 started.state_dict().values(), strict=True))  # fmt: skip
+    assert not torch.equal(source.conv1[0].weight, fresh.conv1[0].weight)
+    with pytest.raises(UserError, match="resnet10t backbone whose weights do not fit"):
+        build_backbone(BackboneSpec("resnet18", pretrained=str(tmp_path / "backbone.pt")))
