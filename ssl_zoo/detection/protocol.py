@@ -5,6 +5,7 @@ torchmetrics (COCO's mAP@[.5:.95], mAP@.5, AP per class) and a picture of predic
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import lightning.pytorch as L
@@ -82,23 +83,29 @@ class DetectorFineTuner(L.LightningModule):
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
 
-def fine_tune_detector(detector, labeled: DetectionImages, epochs: int, lr: float,
+def fine_tune_detector(detector, labeled: DetectionImages, steps: int, lr: float,
                        batch_size: int, num_workers: int, seed: int, accelerator: str):  # fmt: skip
-    """Fine-tune on the labeled images; returns (tuner, labeled images, mean loss of the first
-    and of the last epoch, training FLOPs). The FLOPs are the first step's count times the
-    steps: COCO images of other shapes and box counts vary around it."""
+    """Fine-tune on the labeled images for `steps` steps; returns (tuner, labeled images, mean
+    loss of the first and of the last epoch, training FLOPs). The FLOPs are the first step's
+    count times the steps: COCO images of other shapes and box counts vary around it."""
     L.seed_everything(seed, verbose=False)
     loader = DataLoader(Flipped(labeled), batch_size=min(batch_size, len(labeled)), shuffle=True,
                         num_workers=num_workers, collate_fn=collate,
                         persistent_workers=num_workers > 0)  # fmt: skip
     tuner = DetectorFineTuner(detector, lr)
     losses, flops = LossTrace(), StepFlops()
-    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False,
+    trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator=accelerator, devices=1,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
                         log_every_n_steps=1, callbacks=[losses, flops])  # fmt: skip
     trainer.fit(tuner, loader)
     return (tuner, len(labeled), losses.first_epoch_mean, losses.last_epoch_mean,
             flops.total(trainer.global_step))  # fmt: skip
+
+
+def epoch_steps(images: int, epochs: int, batch_size: int) -> int:
+    """Steps of `epochs` epochs over `images` images (the last batch of each kept, as the
+    loader keeps it)."""
+    return epochs * math.ceil(images / min(batch_size, images))
 
 
 class LossTrace(L.Callback):
@@ -201,9 +208,11 @@ def mean_average_precision(predictions: list[dict], data: DetectionImages, class
             "map_per_class": per_class}  # fmt: skip
 
 
-def detection_plot(predictions, data: DetectionImages, classes: list[str], path, title: str,
-                   count: int = 6, min_score: float = 0.5):  # fmt: skip
-    """Predicted boxes (solid, with class and score) over ground truth (dashed, white)."""
+def detection_plot(detectors: dict[str, list[dict]], data: DetectionImages, classes: list[str],
+                   path, title: str, count: int = 6, min_score: float = 0.5):  # fmt: skip
+    """One row of the first `count` images per detector (its name: its predictions): predicted
+    boxes scored >= min_score (solid, with class and score) over the ground truth (dashed,
+    white)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,23 +220,29 @@ def detection_plot(predictions, data: DetectionImages, classes: list[str], path,
     from matplotlib.patches import Rectangle
 
     count = min(count, len(data))
-    fig, axes = plt.subplots(1, count, figsize=(3 * count, 3.3), squeeze=False)
+    fig, axes = plt.subplots(len(detectors), count, figsize=(3 * count, 3.3 * len(detectors)),
+                             squeeze=False)  # fmt: skip
     colours = plt.get_cmap("tab10")
-    for ax, index in zip(axes[0], range(count), strict=True):
-        image, target = data[index]
-        ax.imshow(image.permute(1, 2, 0).numpy())
-        for x0, y0, x1, y1 in target["boxes"].tolist():
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--"))
-        p = predictions[index]
-        for box, label, score in zip(p["boxes"].tolist(), p["labels"].tolist(),
-                                     p["scores"].tolist(), strict=True):  # fmt: skip
-            if score < min_score:
-                continue
-            x0, y0, x1, y1 = box
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colours(label % 10)))
-            ax.text(x0, y0, f"{classes[label - 1]} {score:.2f}", color=colours(label % 10),
-                    fontsize=7, va="bottom")  # fmt: skip
-        ax.axis("off")
+    for row, (name, predictions) in zip(axes, detectors.items(), strict=True):
+        for ax, index in zip(row, range(count), strict=True):
+            image, target = data[index]
+            ax.imshow(image.permute(1, 2, 0).numpy())
+            for x0, y0, x1, y1 in target["boxes"].tolist():
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white",
+                                       ls="--"))  # fmt: skip
+            p = predictions[index]
+            for box, label, score in zip(p["boxes"].tolist(), p["labels"].tolist(),
+                                         p["scores"].tolist(), strict=True):  # fmt: skip
+                if score < min_score:
+                    continue
+                x0, y0, x1, y1 = box
+                colour = colours(label % 10)
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=1.5))
+                ax.text(x0, y0, f"{classes[label - 1]} {score:.2f}", color=colour, fontsize=7,
+                        va="bottom")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -246,11 +261,11 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
                             cfg.test_samples)  # fmt: skip
     device = inference_device(cfg.accelerator)
 
-    def fine_tuned(labeled: DetectionImages):
+    def fine_tuned(labeled: DetectionImages, steps: int):
         detector = build_detector(copy.deepcopy(backbone), len(splits.classes), cfg.det_size,
                                   normalize, cfg.trainable_layers, cfg.trainable_bn,
                                   cfg.detector)  # fmt: skip
-        return detector, *fine_tune_detector(detector, labeled, cfg.det_epochs, cfg.det_lr,
+        return detector, *fine_tune_detector(detector, labeled, steps, cfg.det_lr,
                                              cfg.det_batch_size, cfg.num_workers, cfg.seed,
                                              cfg.accelerator)[1:]  # fmt: skip
 
@@ -269,10 +284,13 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
     labeled_images = splits.train.subset(indices)
     seconds = {"data": time.time() - tic}
     tic = time.time()
-    detector, labeled, first_loss, last_loss, flops = fine_tuned(labeled_images)
+    steps = epoch_steps(len(labeled_images), cfg.det_epochs, cfg.det_batch_size)
+    detector, labeled, first_loss, last_loss, flops = fine_tuned(labeled_images, steps)
     seconds["fine_tune"] = time.time() - tic
     tic = time.time()
     predictions = predict(detector, splits.val, cfg.det_batch_size, device)
+    # The val predictions, for pictures that set detectors side by side (benchmarks/vehicles.py)
+    torch.save(predictions, out_dir / "predictions.pt")
     scores = mean_average_precision(predictions, splits.val, splits.classes)
     seconds["map"] = time.time() - tic
     self_trained = None
@@ -282,22 +300,27 @@ def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
         unlabeled = [i for i in range(len(splits.train)) if i not in taken]
         pool = splits.train.subset(unlabeled)
         pseudo, quality = pseudo_boxes(predict(detector, pool, cfg.det_batch_size, device), pool)
-        student, *_, student_flops = fine_tuned(concatenated(labeled_images, pseudo))
+        # The student takes the teacher's steps (not its epochs: the pseudo-labeled photos
+        # outnumber the labeled ones several-fold), so self-training costs twice the teacher.
+        student, *_, student_flops = fine_tuned(concatenated(labeled_images, pseudo), steps)
         student_predictions = predict(student, splits.val, cfg.det_batch_size, device)
+        torch.save(student_predictions, out_dir / "predictions-self-trained.pt")
         self_trained = {**mean_average_precision(student_predictions, splits.val, splits.classes),
                         **quality, "gflops": gflops(student_flops)}  # fmt: skip
         seconds["self_train"] = time.time() - tic
         flops += student_flops
     plot = None
     if cfg.plot:
-        plot = str(detection_plot(predictions, splits.val, splits.classes,
-                                  out_dir / "detections.png", title))  # fmt: skip
+        plot = str(detection_plot({"predicted (solid) and true (dashed)": predictions},
+                                  splits.val, splits.classes, out_dir / "detections.png",
+                                  title))  # fmt: skip
     return {
         **scores,
         "detector": cfg.detector,
         "classes": splits.classes,
         "label_fraction": cfg.label_fraction,
         "labeled_images": labeled,
+        "steps": steps,
         "selection": selected and {k: selected[k] for k in ("rule", "labels")},
         "self_train": self_trained,
         "val_images": len(splits.val),

@@ -95,7 +95,8 @@ class EvalConfig:
         federated_selection: A federate.py run directory: each of its clients selects its share
             of the budget (proportional to its images) on its own images with --select.
         self_train: finetune and detection: the fine-tuned model labels the unlabeled rest of
-            the training images and a second model trains on both, from the same encoder.
+            the training images and a second model trains on both, from the same encoder,
+            for as many steps as the first.
         finetune_steps: Fine-tuning steps (few labels: an epoch may be a single batch).
         finetune_lr: Fine-tuning learning rate (SGD, cosine).
         classes: detection: comma-separated class names to detect (default: all of them).
