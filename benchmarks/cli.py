@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,27 @@ def table_writers(parser: argparse.ArgumentParser, args: argparse.Namespace, tab
             parser.error(str(error))
     pages = [lambda text, page=page: write_table(Path(page), table, text) for page in args.docs]
     return ([Path(args.out).write_text] if args.out else []) + pages
+
+
+def run_once(script: str, args: list[str], done: Path) -> dict:
+    """An entry point of this repository run in a process of its own: the JSON in `done` if an
+    earlier call finished it (so a killed benchmark resumes at the run it was in), else its last
+    stdout line (the JSON summary), or {"error": its last stderr line}. The run's stderr (its
+    progress bars) streams to run.log beside `done`, to follow a run of hours."""
+    if done.exists():
+        print(f"{done.parent}: finished run found, not run again", file=sys.stderr)
+        return json.loads(done.read_text())
+    root = Path(__file__).resolve().parents[1]
+    done.parent.mkdir(parents=True, exist_ok=True)
+    log = done.parent / "run.log"
+    print(f"  progress: tail -f {log}", file=sys.stderr, flush=True)
+    with log.open("w") as err:
+        proc = subprocess.run([sys.executable, str(root / script), *args], stdout=subprocess.PIPE,
+                              stderr=err, text=True, cwd=root)  # fmt: skip
+    if proc.returncode != 0:
+        lines = [line for line in log.read_text().replace("\r", "\n").splitlines() if line.strip()]
+        return {"error": (lines or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def command_stamp(script: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from benchmarks.cli import (  # noqa: E402
     listed,
     output_arguments,
     publish,
+    run_once,
     table_writers,
 )
 from benchmarks.cli import fraction as label_fraction  # noqa: E402
@@ -46,18 +46,6 @@ QUICK_DETECTION = ["--train_samples", "16", "--test_samples", "8", "--det_size",
 
 # The pages whose `detection` table this benchmark writes (tests/test_benchmarks.py checks them).
 DOCS = "README.md,docs/detection.md"
-
-
-def run(script: str, args: list[str], done: Path) -> dict:
-    """A finished run's summary, or the run's last stdout line after running it here."""
-    if done.exists():
-        print(f"{done.parent}: finished run found, not run again", file=sys.stderr)
-        return json.loads(done.read_text())
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
-                          text=True, cwd=ROOT)  # fmt: skip
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def pretrained_args(pretrain: Path) -> dict:
@@ -93,9 +81,9 @@ def main() -> None:
     fractions = args.fractions
     runs = Path(args.runs)
     pretrain = runs / "pretrain"
-    summary = run("train.py", ["--config", "configs/detection/pretrain-scenes.yaml",
-                               *(QUICK_PRETRAIN if args.quick else []),
-                               "--output_dir", str(pretrain)], pretrain / "summary.json")  # fmt: skip
+    summary = run_once("train.py", ["--config", "configs/detection/pretrain-scenes.yaml",
+                                    *(QUICK_PRETRAIN if args.quick else []),
+                                    "--output_dir", str(pretrain)], pretrain / "summary.json")  # fmt: skip
     if "error" in summary:
         raise SystemExit(f"error: pretraining failed: {summary['error']}")
     backbone = summary["backbone"]
@@ -107,11 +95,11 @@ def main() -> None:
         for name, checkpoint in (("ssl", str(pretrain / "backbone.pt")), ("random", "random")):
             out = runs / f"{name}-{fraction:g}"
             print(f"[detection] {name} backbone, {fraction:g} of the labels ...", file=sys.stderr)
-            found = run("evaluate.py", ["--checkpoint", checkpoint, *spec,
-                                        "--config", "configs/detection/scenes.yaml",
-                                        "--label_fraction", str(fraction),
-                                        *(QUICK_DETECTION if args.quick else []),
-                                        "--output_dir", str(out)], out / "results.json")  # fmt: skip
+            found = run_once("evaluate.py", ["--checkpoint", checkpoint, *spec,
+                                             "--config", "configs/detection/scenes.yaml",
+                                             "--label_fraction", str(fraction),
+                                             *(QUICK_DETECTION if args.quick else []),
+                                             "--output_dir", str(out)], out / "results.json")  # fmt: skip
             rows.append({**found, "init": name, "backbone": backbone, "label_fraction": fraction})
     title = (f"{command_stamp('benchmarks/detection.py')}; pretraining: kNN "
              f"{summary['knn_top1_init']:.3f} -> {summary['knn_top1']:.3f} (largest object), "
