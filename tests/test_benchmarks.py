@@ -402,3 +402,39 @@ def test_label_efficiency_tabulates_every_part_and_resumes(tmp_path):
     again = run_script("benchmarks/label_efficiency.py", *args)
     assert again.returncode == 0 and "} ..." not in again.stderr  # every row reused
     assert last_json_line(again.stdout)["rows"] == rows
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all((ROOT.parent / "shared" / "data" / d).is_dir() for d in ("vehicles", "cifar10-12k")),
+                    reason="../shared/data/vehicles or cifar10-12k is absent (the shared photos)")  # fmt: skip
+def test_vehicles_quick_runs_the_fleet_story_and_resumes(tmp_path):
+    """benchmarks/vehicles.py --quick on 20 of the vehicle photos: the starting backbone (on 24
+    CIFAR photos), central and three federated pretrainings from it, detection from each backbone and random init (the rule's picks with
+    self-training on the central one), the table, the curve and the detections; a second run
+    trains nothing again."""
+    out, runs = tmp_path / "table.md", tmp_path / "runs"
+    args = ["--quick", "--runs", str(runs), "--out", str(out), "--docs", ""]
+    proc = run_script("benchmarks/vehicles.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = last_json_line(proc.stdout)
+    assert set(found["pretraining"]) == {"start", "central", "fedavg-iid", "fedavg-dirichlet",
+                                         "fedx-dirichlet"}  # fmt: skip
+    assert found["pretraining"]["fedx-dirichlet"]["fed_algorithm"] == "fedx"
+    rows = found["rows"]
+    # 5 labeled: random init, the start alone, central (random picks, typiclust +
+    # self-training), three fleets; all 20: random init and central
+    assert [(r["backbone"], r["labels"], r["pick"]) for r in rows] == [
+        ("random", 5, "random"), ("start", 5, "random"), ("central", 5, "random"),
+        ("central", 5, "typiclust"),
+        ("fedavg-iid", 5, "random"), ("fedavg-dirichlet", 5, "random"),
+        ("fedx-dirichlet", 5, "random"), ("random", 20, "random"), ("central", 20, "random"),
+    ]  # fmt: skip
+    assert rows[2]["self_train"] is not None and rows[2]["selection"]["rule"] == "typiclust"
+    table = out.read_text()
+    assert "| SSL federated (FedX, Dirichlet) | random |" in table and "self-training" in table
+    assert "SSL centralized - random init at 5 labeled" in table
+    assert (runs / "vehicles-curve.png").stat().st_size > 10_000
+    assert (runs / "vehicles-detections.png").stat().st_size > 10_000
+    again = run_script("benchmarks/vehicles.py", *args)
+    assert again.returncode == 0 and again.stderr.count("finished run found") == 5 + len(rows)
+    assert last_json_line(again.stdout)["rows"] == rows

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_detection import write_coco
 
+from ssl_zoo.backbones import BackboneSpec, build_backbone, save_backbone
 from ssl_zoo.data import dataset_labels, load_splits
 from ssl_zoo.jobs.evaluate import main as evaluate_main
 from ssl_zoo.jobs.federate import main as federate_main
@@ -32,8 +33,13 @@ def test_coco_photos_are_an_ssl_dataset_labeled_by_their_largest_object(tmp_path
 
 @needs_vehicles
 def test_the_vehicle_recipe_pretrains_federates_and_detects_on_a_few_photos(tmp_path):
+    start = tmp_path / "start.pt"  # the recipe starts from another run's backbone: here a fresh one
+    save_backbone(
+        start, build_backbone(BackboneSpec("timm:resnet18"))[0], BackboneSpec("timm:resnet18")
+    )
     tiny = ["--train_samples", "24", "--test_samples", "16", "--max_epochs", "1", "--batch_size",
-            "8", "--num_workers", "0", "--knn_k", "5", "--track_energy", "false"]  # fmt: skip
+            "8", "--num_workers", "0", "--knn_k", "5", "--track_energy", "false",
+            "--pretrained", str(start)]  # fmt: skip
     central = train_main(["--config", "configs/vehicles/pretrain.yaml", *tiny,
                           "--output_dir", str(tmp_path / "central")])  # fmt: skip
     assert central["dataset"] == "coco" and central["steps"] == 3
