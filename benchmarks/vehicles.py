@@ -65,7 +65,8 @@ PRETRAIN = "configs/vehicles/pretrain.yaml"
 DETECT = "configs/vehicles/detect.yaml"
 CURVE = "docs/images/vehicles-curve.png"
 DETECTIONS = "docs/images/vehicles-detections.png"
-README = "README.md"
+DOCS = "docs/detection.md"  # the pages of the `vehicles` table
+README = "README.md"  # the page of the `vehicles-headline`
 # name: (federate.py arguments beside the recipe, the row's description)
 FLEETS = {
     "fedavg-iid": (["--partition", "iid"], "FedAvg, IID"),
@@ -294,6 +295,7 @@ def curve(rows: list[dict], columns: list[int], args, path: str) -> None:
                     label = f"{describe(backbone)}, {args.rule}" + " + self-training" * trained
                     ax.plot(*zip(*found, strict=True), marker, ls="none", ms=9, label=label)
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis's own labels would sit between the label counts
     ax.set_xticks(columns, [str(n) for n in columns])
     ax.set_xlabel("labeled train photos (random picks unless marked)")
     ax.set_ylabel("val mAP@.5")
@@ -385,8 +387,7 @@ def main() -> None:
     whole = at_defaults(parser, args, "quick", "data_dir", "cifar_dir", "epochs", "clients", "alpha", "fleets",
                         "fractions", "draws", "rule", "rule_backbones", "fleet_fractions",
                         "steps", "batch_size")  # fmt: skip
-    writers = table_writers(parser, args, "vehicles", whole, "benchmarks/vehicles.md",
-                            "docs/detection.md")  # fmt: skip
+    writers = table_writers(parser, args, "vehicles", whole, "benchmarks/vehicles.md", DOCS)
     if whole:
         try:  # before hours of runs, not after
             require_markers(ROOT / README, "vehicles-headline")

@@ -356,6 +356,8 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
     from benchmarks.recipes import DOCS as RECIPES
     from benchmarks.recipes import table_name
     from benchmarks.reference import DOCS as REFERENCE
+    from benchmarks.vehicles import DOCS as VEHICLES
+    from benchmarks.vehicles import README as VEHICLES_HEADLINE
     from ssl_zoo.jobs.compare import read_comparison
 
     written = {(page, table_name(m)) for m, pages in RECIPES.items() for page in pages.split(",")}
@@ -364,6 +366,8 @@ def test_every_table_marked_in_the_docs_has_the_program_that_writes_it():
     written |= {(page, "label-efficiency") for page in LABEL_EFFICIENCY.split(",")}
     written |= {(page, "cost") for page in COST.split(",")}
     written |= {(page, "reference") for page in REFERENCE.split(",")}
+    written |= {(page, "vehicles") for page in VEHICLES.split(",")}
+    written |= {(VEHICLES_HEADLINE, "vehicles-headline")}
     for comparison in sorted((ROOT / "configs" / "federated").glob("compare*.yaml")):
         tables = read_comparison(str(comparison.relative_to(ROOT)))[2]
         written |= {(page, name) for page, name, _ in tables}
@@ -429,7 +433,7 @@ def test_vehicles_quick_runs_the_fleet_story_and_resumes(tmp_path):
         ("fedavg-iid", 5, "random"), ("fedavg-dirichlet", 5, "random"),
         ("fedx-dirichlet", 5, "random"), ("random", 20, "random"), ("central", 20, "random"),
     ]  # fmt: skip
-    assert rows[2]["self_train"] is not None and rows[2]["selection"]["rule"] == "typiclust"
+    assert rows[3]["self_train"] is not None and rows[3]["selection"]["rule"] == "typiclust"
     table = out.read_text()
     assert "| SSL federated (FedX, Dirichlet) | random |" in table and "self-training" in table
     assert "SSL centralized - random init at 5 labeled" in table
