@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -78,6 +79,11 @@ def table_writers(parser: argparse.ArgumentParser, args: argparse.Namespace, tab
             parser.error(str(error))
     pages = [lambda text, page=page: write_table(Path(page), table, text) for page in args.docs]
     return ([Path(args.out).write_text] if args.out else []) + pages
+
+
+def relative(path: str | Path) -> str:
+    """A path as the project sees it (tables never print a machine's own directories)."""
+    return os.path.relpath(Path(path).resolve(), Path(__file__).resolve().parents[1])
 
 
 def run_once(script: str, args: list[str], done: Path) -> dict:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from benchmarks.cli import (  # noqa: E402
     output_arguments,
     photo_arguments,
     publish,
+    relative,
     table_writers,
 )
 from benchmarks.recipes import last_json  # noqa: E402
@@ -58,11 +58,6 @@ BUDGETS = "10,20,50,100,500"
 RULES = "random,typiclust,probcover,kcenter,balanced"
 DRAWN = ("random", "balanced")  # rules whose picks are a draw: repeated over --draws seeds
 RECIPE_ARGS = {"output_stride": 16, "global_pool": "avgmax"}  # the 32-px recipes' backbone
-
-
-def relative(path: str | Path) -> str:
-    """A path as the project sees it (tables never print a machine's own directories)."""
-    return os.path.relpath(Path(path).resolve(), ROOT)
 
 
 def backbone_checkpoints(args) -> dict[str, str]:

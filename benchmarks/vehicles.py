@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from benchmarks.cli import (  # noqa: E402
     output_arguments,
     positive,
     publish,
+    relative,
     run_once,
     table_writers,
 )
@@ -129,11 +129,6 @@ def pretrain(name: str, args, epochs: int | None = None) -> dict:
                                     "--local_epochs", "1"], out / "summary.json")  # fmt: skip
 
 
-def relative(path: str | Path) -> str:
-    """A path as the project sees it (tables never print a machine's own directories)."""
-    return os.path.relpath(Path(path).resolve(), ROOT)
-
-
 def labels_for(fraction_: float, pool: int) -> int:
     return max(1, round(fraction_ * pool))
 
@@ -171,9 +166,8 @@ def mean(values: list[float]) -> float:
 
 
 def cells(rows: list[dict], backbone: str, pick: str, labels: int, self_trained=False):
-    found = [scores(r, self_trained) for r in rows if "error" not in r and r["backbone"] == backbone
-             and r["pick"] == pick and r["labels"] == labels]  # fmt: skip
-    return found
+    return [scores(r, self_trained) for r in rows if "error" not in r and r["backbone"] == backbone
+            and r["pick"] == pick and r["labels"] == labels]  # fmt: skip
 
 
 def cell_text(found: list[dict]) -> str:
