@@ -12,7 +12,7 @@ and energy at the first monitor point at or above it), and plots kNN against ene
 
 Finished runs under --runs with the same settings are reused (recipes.py's rule). Writes the
 markdown table to --out and between the `cost` markers of the --docs pages, the plot to --plot
-(by default benchmarks/cost.md, README.md, docs/cost.md and docs/images/cost.png, only from a run
+(by default benchmarks/cost.md, docs/cost.md and docs/images/cost.png, only from a run
 of the default methods, backbones and photos), and ends with one JSON line; exits 1 if a run
 failed.
 """
@@ -46,7 +46,7 @@ from ssl_zoo.methods import METHODS  # noqa: E402
 EDGE_METHODS = "simclr,mocov2,simsiam,barlowtwins"
 EDGE_BACKBONES = "timm:resnet10t,timm:mobilenetv3_small_100"
 # The pages whose `cost` table this benchmark writes (tests/test_benchmarks.py checks them).
-DOCS = "README.md,docs/cost.md"
+DOCS = "docs/cost.md"
 PLOT = "docs/images/cost.png"
 
 
@@ -152,7 +152,7 @@ def main() -> None:
     whole = not extra and at_defaults(parser, args, "methods", "backbone", "edge_methods",
                                       "edge_backbones", "target", "dataset", "data_dir")  # fmt: skip
     writers = table_writers(parser, args, "cost", whole, "benchmarks/cost.md", DOCS)
-    if args.plot is None:  # the README's picture, like its table, only from a whole run
+    if args.plot is None:  # the published picture, like its table, only from a whole run
         args.plot = PLOT if whole else ""
     if args.plot:
         writers.append(lambda _: plot(rows, Path(args.plot), args.target))

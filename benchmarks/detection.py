@@ -8,7 +8,7 @@ same budget (epochs over the labeled images), and both against all labels.
 The pretraining is `train.py --config configs/detection/pretrain-scenes.yaml`, each detection run
 `evaluate.py --config configs/detection/scenes.yaml`, each in a process of its own; finished runs
 (summary.json, results.json) under --runs are reused. Writes the markdown table to --out and
-between the `detection` markers of the --docs pages (by default benchmarks/detection.md, README.md
+between the `detection` markers of the --docs pages (by default benchmarks/detection.md
 and docs/detection.md, only from a run at the default fractions without --quick), and ends with
 one JSON line of all rows.
 """
@@ -45,7 +45,7 @@ QUICK_DETECTION = ["--train_samples", "16", "--test_samples", "8", "--det_size",
 
 
 # The pages whose `detection` table this benchmark writes (tests/test_benchmarks.py checks them).
-DOCS = "README.md,docs/detection.md"
+DOCS = "docs/detection.md"
 
 
 def pretrained_args(pretrain: Path) -> dict:

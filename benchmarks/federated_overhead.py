@@ -6,7 +6,7 @@ images (the same number of images per client) and reports, per round: local trai
 server evaluation and the peak resident memory of the process. The embedded loop moves no bytes;
 what Flower adds is timed on the same global state, as Flower 1.4x moves it:
 - simulation (`--engine flower`): messages stay in memory, so the cost is the state dict to an
-  ArrayRecord and back (ssl_zoo.federated.flower's to_record / to_state): the global record
+  ArrayRecord and back (ssl_zoo/federated/records.py): the global record
   written and read (for the server's evaluation) once, and per client the state read, the update
   written, and the update read by the server;
 - deployment (`flwr run` on a SuperLink): on top of that every record is cut into content-
@@ -109,7 +109,7 @@ def flower_costs(state, repeats: int = 5) -> tuple[float, float, float, float]:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
     from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-    from ssl_zoo.federated.flower import to_record, to_state
+    from ssl_zoo.federated.records import to_record, to_state
 
     def deflate():
         record = to_record(state)  # fresh, so no object id is cached

@@ -1,7 +1,7 @@
 """Train every method on one wall-clock budget and tabulate kNN top-1 at initialisation and after.
 
 Each method runs `train.py --config configs/methods/<name>.yaml` (its CPU recipe) on the dataset,
-backbone and budget given here; the default is the README's real-data table:
+backbone and budget given here; the default is docs/methods.md's real-data table:
 
     python benchmarks/recipes.py                     # 10 methods x 8 min on ../shared/data/cifar10-12k
     python benchmarks/recipes.py --seeds 0,1         # each method twice: the mean and both values
@@ -14,8 +14,8 @@ final backbone (papers report linear top-1, and it can rank methods differently 
 A method whose run directory already holds a finished run (summary.json) with the same settings
 is not trained again; a run of other settings (an edited config, say) is reported, not
 overwritten: delete runs/recipes/<name> to redo it (seed 0's run is <name>, seed s's <name>-seed<s>).
-Each budget has its own table: the 8-minute one (`recipes`: runs/recipes, benchmarks/recipes.md,
-README.md and docs/methods.md) and any other (`recipes-<minutes>min`: runs/recipes-4min,
+Each budget has its own table: the 8-minute one (`recipes`: runs/recipes, benchmarks/recipes.md
+and docs/methods.md) and any other (`recipes-<minutes>min`: runs/recipes-4min,
 benchmarks/recipes-4min.md and docs/methods.md for 4 minutes). Writes the markdown table to --out
 and between the table's markers of the --docs pages (by default the budget's file and pages, but
 only when every method ran on the default backbone and photos with nothing after `--`: a narrower
@@ -52,9 +52,9 @@ from ssl_zoo.config import TrainConfig, parse_config  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
 
 # The pages whose table this benchmark writes, by budget in minutes (tests/test_benchmarks.py
-# checks them): the README's table is the 8-minute one; issue #21 asks for half the budget beside
-# it, since machines differ in the steps they make in 8 minutes.
-DOCS = {8.0: "README.md,docs/methods.md", 4.0: "docs/methods.md"}
+# checks them): the 8-minute table, and half the budget beside it, since machines differ in the
+# steps they make in 8 minutes.
+DOCS = {8.0: "docs/methods.md", 4.0: "docs/methods.md"}
 
 
 def table_name(minutes: float) -> str:

@@ -19,10 +19,16 @@ SSLDataModule (docs/api.md).
 __version__ = "0.1.0"
 
 import json
+import logging
 import warnings
 
 # Lightning 2.6 on torch 2.14 warns about a torch pytree API on every fit; it is not ours to fix.
 warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+# Lightning advertises its cloud logger and model registry ("💡 Tip: ... install litlogger") on
+# every Trainer; nothing a user of this package can act on.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "Tip:" not in record.getMessage()
+)
 
 
 def arguments(configs: tuple[str, ...], options: dict) -> list[str]:

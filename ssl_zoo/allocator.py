@@ -6,7 +6,7 @@ the OS once it exceeds twice that threshold, so every step faults in, page by pa
 activation memory the step before gave back: 4,600 minor faults per forward + backward of a
 ResNet-10t on 32 images, 68,000 for a ResNet-18 on 512 views. Serving blocks up to 256 MiB from
 the heap and keeping up to 1 GiB of it freed cuts those to 0 and about 1,200: on 2 CPU cores the
-SimCLR step of 512 views runs about 5% faster (README, Performance), a small model's step less
+SimCLR step of 512 views runs about 5% faster (docs/performance.md), a small model's step less
 (the quickstart: about 1%). The cost is resident memory the process keeps between steps.
 """
 

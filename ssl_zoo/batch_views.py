@@ -238,7 +238,7 @@ def color_jitter(x: Tensor, p: ViewParams) -> Tensor:
 
     At each position of the order the images are regrouped by the operation they are due, so that
     every operation runs once on a contiguous slice: one gather per position instead of a gather
-    and a scatter per position and operation (README, Performance)."""
+    and a scatter per position and operation (docs/performance.md)."""
     n = len(x)
     ranges = [(fn, r) for name, fn in JITTERS if (r := getattr(p, name))]
     if not ranges:

@@ -12,7 +12,7 @@ from argparse import ArgumentError
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -153,6 +153,9 @@ class RunConfig:
         track_energy: Measure the run's energy with codecarbon's offline tracker (ssl_zoo/cost.py).
         energy_args: Passed to codecarbon's OfflineEmissionsTracker (country_iso_code, pue, ...).
     """
+
+    # Options that moved (old name -> new dotted name): given, they are one line naming the new.
+    renamed: ClassVar[dict[str, str]] = {}
 
     method: str = "simclr"
     method_args: dict[str, Any] = field(default_factory=dict)
@@ -321,26 +324,38 @@ def bare_flags_to_true(argv: list[str], flags: set[str]) -> list[str]:
     return out
 
 
-def check_yaml_files(argv: list[str]) -> None:
-    """A --config file that is not YAML, named with the line where it breaks (jsonargparse's own
-    message names neither the file nor, with several --config files, which one)."""
+def read_yaml_files(argv: list[str]) -> list[object]:
+    """The --config files, read; one that is not YAML is named with the line where it breaks
+    (jsonargparse's own message names neither the file nor, with several, which one)."""
     paths = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"]
     paths += [a.removeprefix("--config=") for a in argv if a.startswith("--config=")]
+    read = []
     for path in paths:
         if Path(path).is_file():
             try:
-                yaml.safe_load(Path(path).read_text())
+                read.append(yaml.safe_load(Path(path).read_text()))
             except yaml.YAMLError as err:
                 mark = getattr(err, "problem_mark", None)
                 where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
                 problem = getattr(err, "problem", None) or type(err).__name__
                 raise UserError(f"--config {path} is not valid YAML: {problem}{where}") from None
+    return read
+
+
+def check_renamed(argv: list[str], configs: list[object], renamed: dict[str, str]) -> None:
+    """An option that moved, on the command line or in a --config file: one line naming its new
+    name, instead of jsonargparse's "unrecognized arguments"."""
+    given = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
+    given |= {key for config in configs if isinstance(config, dict) for key in config}
+    for old, new in renamed.items():
+        if old in given:
+            raise UserError(f"--{old} is now --{new}")
 
 
 def parse_config(config_class: type, argv: list[str] | None, prog: str):
     parser = build_parser(config_class, prog)
     argv = sys.argv[1:] if argv is None else argv
-    check_yaml_files(argv)
+    check_renamed(argv, read_yaml_files(argv), config_class.renamed)
     try:
         namespace = parser.parse_args(bare_flags_to_true(list(argv), bool_options(config_class)))
     except ArgumentError as err:

@@ -40,7 +40,7 @@ def outside_the_markers(page, name: str) -> str:
 
 
 def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, monkeypatch, capsys):
-    """Also the quick regeneration of the README's and docs/methods.md's recipes tables."""
+    """Also the quick regeneration of docs/methods.md's recipes table."""
     from benchmarks.recipes import DOCS
 
     table = tmp_path / "recipes.md"
@@ -74,12 +74,12 @@ def test_recipes_reuses_a_finished_run_only_while_its_settings_hold(tmp_path, mo
     again = run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args)
     assert "not trained again" in again.err
     assert last_json_line(again.out)["rows"] == trained
-    # Without --docs, a subset of the methods leaves the README's whole-zoo table alone.
-    readme = (ROOT / "README.md").read_text()
+    # Without --docs, a subset of the methods leaves the published whole-zoo table alone.
+    published_page = (ROOT / DOCS[8.0]).read_text()
     at = args.index("--docs")
     subset = run_here(monkeypatch, capsys, "benchmarks/recipes.py", *args[:at], *args[at + 2 :])
     assert "left as they are" in subset.err
-    assert (ROOT / "README.md").read_text() == readme
+    assert (ROOT / DOCS[8.0]).read_text() == published_page
 
     # An edited recipe (here: another learning rate) must not be answered with the old figure.
     published = table.read_text()

@@ -120,7 +120,11 @@ def test_clients_share_a_step_count_unless_a_broadcast_tells_them_apart():
     from ssl_zoo.federated.client import step_flops_key
 
     cfg = SimpleNamespace(
-        fed_algorithm="fedavg", fedbn=False, fedprox_mu=0.0, share_optimizer_state=False
+        fed_algorithm="fedavg",
+        fed_algorithm_args={},
+        fedbn=False,
+        fedprox_mu=0.0,
+        share_optimizer_state=False,
     )
     stack = build_algorithm(cfg)
     assert step_flops_key(stack, 0, 16, {}) == step_flops_key(stack, 7, 16, {})

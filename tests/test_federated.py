@@ -28,8 +28,8 @@ from ssl_zoo.federated.aggregate import WeightedMean, fedavg, from_wire, state_b
 from ssl_zoo.federated.client import client_batch_size, fit_client, load_private
 from ssl_zoo.federated.config import FedConfig
 from ssl_zoo.federated.federation import build_federation
-from ssl_zoo.federated.flower import to_record, to_state
 from ssl_zoo.federated.partition import class_histograms, partition, plot_histograms
+from ssl_zoo.federated.records import to_record, to_state
 from ssl_zoo.jobs.federate import main as federate_main
 
 TINY = ["--dataset", "synthetic", "--train_samples", "96", "--test_samples", "40",
@@ -533,6 +533,10 @@ BAD = [
     (["--devices", "0"], "devices must be >= 1 (got 0)"),
     (["--devices", "2", "--engine", "flower"], "devices > 1 needs the embedded engine and one run"),
     (["--devices", "9", "--client_batch_size", "16"], "client_batch_size 16 over 9 devices leaves fewer than 2 images a device"),
+    (["--fed_algorithm", "fedprox"], "unknown fed_algorithm 'fedprox'; valid choices: fedavg, fedema, fedu, fedx, fusion, ldawa"),
+    (["--fedema_tau", "0.5"], "--fedema_tau is now --fed_algorithm_args.tau"),
+    (["--fed_algorithm", "fedema", "--fed_algorithm_args", "{mu: 1}"], "unknown fed_algorithm_args mu for fedema; valid: tau"),
+    (["--fed_algorithm", "fedema", "--fed_algorithm_args.tau", "0"], "fedema's tau must be > 0 (got 0)"),
 ]  # fmt: skip
 
 

@@ -5,29 +5,29 @@ import lightning.pytorch as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_args
+from conftest import ROOT, tiny_args
 
 from ssl_zoo.backbones import BackboneSpec
 from ssl_zoo.data import SSLDataModule, load_splits
 from ssl_zoo.errors import UserError, run_main
+from ssl_zoo.federated.algorithms.fusion import fusion_loss
 from ssl_zoo.jobs.train import main as train_main
 from ssl_zoo.methods import METHODS, build_method, method_options
-from ssl_zoo.views import build_views
+from ssl_zoo.methods.base import CAPABILITIES
+from ssl_zoo.views import PIPELINES, build_views
 
 SPEC = BackboneSpec("timm:resnet10t")
 NORMALIZE = {"mean": [0.5] * 3, "std": [0.3] * 3}
-SMALL = {
-    "simclr": {"proj_hidden_dim": 64, "proj_dim": 32},
-    "mocov2": {"proj_hidden_dim": 64, "proj_dim": 32, "queue_size": 64},
-    "nnclr": {"proj_hidden_dim": 64, "proj_dim": 32, "pred_hidden_dim": 64, "support_set_size": 64},
-    "byol": {"proj_hidden_dim": 64, "proj_dim": 32, "pred_hidden_dim": 64},
-    "simsiam": {"proj_hidden_dim": 64, "proj_dim": 64, "pred_hidden_dim": 16},
-    "dino": {"proj_hidden_dim": 64, "bottleneck_dim": 16, "output_dim": 128},
-    "vicreg": {"proj_hidden_dim": 64, "proj_dim": 64},
-    "barlowtwins": {"proj_hidden_dim": 64, "proj_dim": 64},
-    "swav": {"proj_hidden_dim": 64, "proj_dim": 32, "n_prototypes": 16},
-    "rotnet": {},
-}
+
+
+def small_options(name: str) -> dict:
+    """The method's widths, queues and prototype counts above 64 cut to 64, so that a step of any
+    method, one added later included, takes milliseconds."""
+    return {k: 64 for k, v in method_options(name).items()
+            if type(v) is int and v > 64 and k.endswith(("_dim", "_size", "prototypes"))}  # fmt: skip
+
+
+SMALL = {name: small_options(name) for name in METHODS}
 
 
 def small(name: str, **kwargs):
@@ -44,9 +44,30 @@ def views_for(name: str, batch: int = 8) -> list[torch.Tensor]:
 
 
 def test_every_method_is_registered_and_configured():
-    assert set(SMALL) == set(METHODS)
     families = {cls.family for cls in METHODS.values()}
     assert {"deep metric learning", "self-distillation", "canonical correlation"} <= families
+    for name, cls in METHODS.items():  # what a method file declares, and its recipe
+        assert cls.views in PIPELINES and cls.capabilities <= set(CAPABILITIES), name
+        assert cls.paper.startswith("https://"), name
+        assert (ROOT / "configs" / "methods" / f"{name}.yaml").is_file(), name
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_is_what_its_capabilities_say(name):
+    """Federated algorithms and Hard View Selection trust these declarations, not method names."""
+    torch.manual_seed(0)
+    model, capabilities = small(name), METHODS[name].capabilities
+    views = views_for(name)
+    out = model.ssl_step(views)
+    assert ("two_views" in capabilities) == (len(views) == 2)
+    assert ("predictor" in capabilities) == hasattr(model, "prediction_head")
+    if "pair" in capabilities:
+        assert [z.shape for z in out.pair] == [out.embedding.shape] * 2
+    else:
+        assert out.pair is None
+    if "ntxent" in capabilities:  # fusion replaces the loss by NT-Xent over more negatives
+        alone = fusion_loss(torch.cat(out.pair), None, model.criterion.temperature)
+        assert torch.allclose(alone, out.loss, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
-from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.methods.barlowtwins import BarlowTwins
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.methods.byol import BYOL
@@ -16,6 +13,7 @@ from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.methods.simsiam import SimSiam
 from ssl_zoo.methods.swav import SwAV
 from ssl_zoo.methods.vicreg import VICReg
+from ssl_zoo.registry import build, options_of
 
 METHODS: dict[str, type[SSLMethod]] = {
     "simclr": SimCLR,
@@ -33,18 +31,8 @@ METHODS: dict[str, type[SSLMethod]] = {
 
 def method_options(name: str) -> dict[str, object]:
     """The method's own hyper-parameters and their defaults."""
-    params = inspect.signature(METHODS[name].__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in ("self", "kwargs")}
+    return options_of(METHODS[name])
 
 
 def build_method(name: str, method_args: dict | None = None, **shared) -> SSLMethod:
-    if name not in METHODS:
-        raise unknown_choice("method", name, METHODS)
-    method_args = dict(method_args or {})
-    unknown = sorted(set(method_args) - set(method_options(name)))
-    if unknown:
-        raise UserError(
-            f"unknown method_args {', '.join(unknown)} for {name}; "
-            f"valid: {', '.join(sorted(method_options(name))) or '(none)'}"
-        )
-    return METHODS[name](**method_args, **shared)
+    return build("method", METHODS, name, method_args, **shared)

@@ -14,6 +14,7 @@ class BarlowTwins(SSLMethod):
     family = "canonical correlation"
     paper = "https://arxiv.org/abs/2103.03230"
     views = "byol"
+    capabilities = frozenset({"two_views"})
 
     def __init__(
         self,

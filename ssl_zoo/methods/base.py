@@ -47,6 +47,14 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 COLLAPSED_SPREAD = 0.05
 # Resolution of the progress fed to lightly's integer-step schedules.
 _SCHEDULE_STEPS = 100_000
+# What a method may declare in `capabilities`, so that the code around it (Hard View Selection,
+# federated algorithms) asks what a method is instead of listing methods by name.
+CAPABILITIES = {
+    "two_views": "a pair of views per image",
+    "pair": "a step that returns both views' embeddings",  # StepOutput.pair
+    "predictor": "a prediction head on its projector",  # prediction_head
+    "ntxent": "NT-Xent over the batch as its loss",  # criterion.temperature
+}
 
 
 @dataclass
@@ -64,7 +72,7 @@ class SSLMethod(L.LightningModule):
     family: ClassVar[str]
     paper: ClassVar[str]
     views: ClassVar[str]  # key of ssl_zoo.views.PIPELINES
-    two_views: ClassVar[bool] = True  # a pair of views per image (Hard View Selection applies)
+    capabilities: ClassVar[frozenset[str]] = frozenset()  # keys of CAPABILITIES
 
     def __init__(
         self,
@@ -92,7 +100,7 @@ class SSLMethod(L.LightningModule):
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_fraction = warmup_fraction
         self.knn_k, self.knn_t = knn_k, knn_t
-        if hard_views > 1 and not self.two_views:
+        if hard_views > 1 and "two_views" not in self.capabilities:
             raise UserError(f"--hard_views needs a two-view method; {type(self).__name__} is not")
         self.hard_views = hard_views
         # NHWC convolutions run about 1.2x faster than NCHW here (mkldnn) and on GPUs with AMP.
@@ -225,7 +233,7 @@ class SSLMethod(L.LightningModule):
         if self.probe is not None:
             groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0})
         # One fused kernel over all parameters instead of a loop over ~60 tensors: on 2 CPU cores
-        # the SGD step drops from 5 to 2 ms and the AdamW step from 11 to 3 ms (README).
+        # the SGD step drops from 5 to 2 ms and the AdamW step from 11 to 3 ms (docs/performance.md).
         fused = self.device.type in ("cpu", "cuda") or None
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9,

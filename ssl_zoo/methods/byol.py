@@ -18,6 +18,7 @@ class BYOL(SSLMethod):
     family = "self-distillation"
     paper = "https://arxiv.org/abs/2006.07733"
     views = "byol"
+    capabilities = frozenset({"two_views", "pair", "predictor"})
 
     def __init__(
         self,

@@ -19,7 +19,6 @@ class DINO(SSLMethod):
     family = "self-distillation"
     paper = "https://arxiv.org/abs/2104.14294"
     views = "dino"
-    two_views = False
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ class MoCoV2(SSLMethod):
     family = "deep metric learning"
     paper = "https://arxiv.org/abs/2003.04297"
     views = "simclr"
+    capabilities = frozenset({"two_views", "pair"})
 
     def __init__(
         self,

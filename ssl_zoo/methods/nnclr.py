@@ -14,6 +14,7 @@ class NNCLR(SSLMethod):
     family = "deep metric learning"
     paper = "https://arxiv.org/abs/2104.14548"
     views = "simclr"
+    capabilities = frozenset({"two_views", "predictor"})
 
     def __init__(
         self,

@@ -14,7 +14,6 @@ class RotNet(SSLMethod):
     family = "pretext task"
     paper = "https://arxiv.org/abs/1803.07728"
     views = "rotation"
-    two_views = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -13,6 +13,7 @@ class SimCLR(SSLMethod):
     family = "deep metric learning"
     paper = "https://arxiv.org/abs/2002.05709"
     views = "simclr"
+    capabilities = frozenset({"two_views", "pair", "ntxent"})
 
     def __init__(
         self, temperature: float = 0.5, proj_hidden_dim: int = 512, proj_dim: int = 128, **kwargs

@@ -13,6 +13,7 @@ class SimSiam(SSLMethod):
     family = "self-distillation"
     paper = "https://arxiv.org/abs/2011.10566"
     views = "simclr"
+    capabilities = frozenset({"two_views", "pair", "predictor"})
 
     def __init__(
         self, proj_hidden_dim: int = 512, proj_dim: int = 512, pred_hidden_dim: int = 128, **kwargs

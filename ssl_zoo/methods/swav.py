@@ -18,7 +18,6 @@ class SwAV(SSLMethod):
     family = "canonical correlation"
     paper = "https://arxiv.org/abs/2006.09882"
     views = "swav"
-    two_views = False
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ class VICReg(SSLMethod):
     family = "canonical correlation"
     paper = "https://arxiv.org/abs/2105.04906"
     views = "vicreg"
+    capabilities = frozenset({"two_views"})
 
     def __init__(
         self,

@@ -10,7 +10,9 @@ A round, as both engines run it:
   server: aggregator(global) averages the weights; receive(client, upload) keeps the uploads.
 
 Private entries an algorithm keeps on a client are named "<algorithm>/<what>" so they never meet a
-state-dict key. Server state (`self.server_state`) is checkpointed with the federation.
+state-dict key. Server state (`self.server_state`) is checkpointed with the federation. An
+algorithm's own options are its constructor's keyword arguments (--fed_algorithm_args; a
+modifier takes the value of its own federate.py option).
 """
 
 from __future__ import annotations
@@ -22,22 +24,26 @@ from torch import Tensor, nn
 
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.aggregate import WeightedMean
+from ssl_zoo.methods import METHODS
+from ssl_zoo.methods.base import CAPABILITIES
 
 
 class FedAlgorithm:
     name: ClassVar[str] = "fedavg"
     paper: ClassVar[str] = "https://arxiv.org/abs/1602.05629"
-    methods: ClassVar[tuple[str, ...] | None] = None  # the methods it applies to; None: all
+    # What it needs of a method (keys of ssl_zoo.methods.base.CAPABILITIES); empty: any method.
+    requires: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self):
         self.server_state: dict = {}
 
     def check(self, method: str) -> None:
-        if self.methods is not None and method not in self.methods:
-            raise UserError(
-                f"--fed_algorithm {self.name} works with {', '.join(self.methods)}, not {method}"
-            )
+        if self.requires <= METHODS[method].capabilities:
+            return
+        fitting = [name for name, cls in METHODS.items() if self.requires <= cls.capabilities]
+        needs = " and ".join(CAPABILITIES[c] for c in sorted(self.requires))
+        raise UserError(f"--fed_algorithm {self.name} works with {', '.join(fitting)} (methods "
+                        f"with {needs}), not {method}")  # fmt: skip
 
     def prepare(self, model: nn.Module) -> None:
         """Change the model once, before its initial state becomes the global one."""
@@ -108,7 +114,7 @@ def target_keys(model: nn.Module) -> set[str]:
 class LocalTarget(FedAlgorithm):
     """FedEMA and FedU: for methods with a predictor; the target network stays on the client."""
 
-    methods = ("byol", "simsiam", "nnclr")
+    requires = frozenset({"predictor"})
 
     def local_keys(self, model):
         return target_keys(model)

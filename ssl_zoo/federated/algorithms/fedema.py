@@ -16,6 +16,7 @@ change during the client's previous round); this follows the paper's equation.
 
 import torch
 
+from ssl_zoo.errors import UserError
 from ssl_zoo.federated.algorithms.base import LocalTarget, distance, floats, module_keys
 
 
@@ -29,6 +30,13 @@ class FedEMA(LocalTarget):
     name = "fedema"
     paper = "https://arxiv.org/abs/2204.04385"
 
+    def __init__(self, tau: float = 0.7):
+        """tau: the EMA weight of a client's first merge (lambda = tau / divergence)."""
+        super().__init__()
+        if not tau > 0:
+            raise UserError(f"fedema's tau must be > 0 (got {tau})")
+        self.tau = tau
+
     def client_start(self, model, global_state, private, received, client):
         if not any(k.startswith("fedema/w.") for k in private):
             return  # the client's first round: it starts from the global model
@@ -38,7 +46,7 @@ class FedEMA(LocalTarget):
         divergence = distance(global_state, own, sorted(online & params))
         scale = private.get("fedema/lambda")
         if scale is None:
-            scale = torch.tensor(self.cfg.fedema_tau / max(divergence, 1e-12), dtype=torch.float64)
+            scale = torch.tensor(self.tau / max(divergence, 1e-12), dtype=torch.float64)
             private["fedema/lambda"] = scale
         mu = min(float(scale) * divergence, 1.0)
         state = model.state_dict()

@@ -22,5 +22,9 @@ class FedProx(FedAlgorithm):
     name = "fedprox"
     paper = "https://arxiv.org/abs/1812.06127"
 
+    def __init__(self, mu: float):
+        super().__init__()
+        self.mu = mu
+
     def callbacks(self, global_state):
-        return [ProximalGradient(self.cfg.fedprox_mu, global_state)]
+        return [ProximalGradient(self.mu, global_state)]

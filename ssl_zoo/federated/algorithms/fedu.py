@@ -12,12 +12,20 @@ the target network stays local. The server averages as FedAvg does.
 
 import torch
 
+from ssl_zoo.errors import UserError
 from ssl_zoo.federated.algorithms.base import LocalTarget, distance, floats, module_keys
 
 
 class FedU(LocalTarget):
     name = "fedu"
     paper = "https://arxiv.org/abs/2108.06492"
+
+    def __init__(self, threshold: float = 0.4):
+        """threshold: the predictor divergence below which the client takes the server's."""
+        super().__init__()
+        if not threshold >= 0:
+            raise UserError(f"fedu's threshold must be >= 0 (got {threshold})")
+        self.threshold = threshold
 
     def client_start(self, model, global_state, private, received, client):
         keys = module_keys(model, [model.prediction_head])
@@ -26,7 +34,7 @@ class FedU(LocalTarget):
         own = {k: private[f"fedu/pred.{k}"] for k in keys}
         params = {name for name, _ in model.named_parameters()}
         divergence = distance(global_state, own, sorted(keys & params))
-        keep_own = divergence >= self.cfg.fedu_threshold
+        keep_own = divergence >= self.threshold
         if keep_own:
             state = model.state_dict()
             with torch.no_grad():

@@ -57,7 +57,7 @@ def fedx_terms(z0, z1, p0, p1, g0, g1) -> dict[str, Tensor]:
 class FedX(FedAlgorithm):
     name = "fedx"
     paper = "https://arxiv.org/abs/2207.09158"
-    methods = ("simclr", "mocov2", "byol", "simsiam")  # their steps return both views' embeddings
+    requires = frozenset({"pair"})
 
     def prepare(self, model):
         dim = [m for m in model.projection_head.modules() if isinstance(m, nn.Linear)][-1]

@@ -3,7 +3,7 @@ Learning of Visual Representations"), for SimCLR. No code was published; these a
 chosen here from the paper's description.
 
 What is shared: after its round, each client uploads the L2-normalised projector embeddings of up
-to --shared_features of its images (a random subset each round, un-augmented). The server sends every
+to `shared_features` of its images (a random subset each round, un-augmented). The server sends every
 sampled client the latest features of all clients; a client uses the others' as the remote set R
 (M x d). Features leave the clients: choose this algorithm only where that is acceptable. They are
 counted in bytes up and down.
@@ -19,7 +19,7 @@ and T the method's temperature:
     L_match = mean_i H( q_i+, softmax_r(z_i.R_r / T) ),  q_i+ = softmax_r(z_i+.R_r / (T/2)),
   the target q without gradient (sharpened by half the temperature, as a teacher).
 
-  L = L_fusion + fusion_match_weight * L_match.
+  L = L_fusion + match_weight * L_match.
 In round 1 no client has shared yet: the loss is SimCLR's.
 """
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_zoo.errors import UserError
 from ssl_zoo.federated.algorithms.base import FedAlgorithm
 
 PREFIX = "fusion/features."
@@ -58,7 +59,16 @@ def matching_loss(z: Tensor, remote: Tensor, temperature: float) -> Tensor:
 class Fusion(FedAlgorithm):
     name = "fusion"
     paper = "https://www.ijcai.org/proceedings/2022/0323.pdf"
-    methods = ("simclr",)
+    requires = frozenset({"pair", "ntxent"})
+
+    def __init__(self, shared_features: int = 1024, match_weight: float = 1.0):
+        """shared_features: how many normalised features of its images a client uploads per
+        round; match_weight: the weight of the neighbourhood-matching loss."""
+        super().__init__()
+        if shared_features < 1 or match_weight < 0:
+            raise UserError("fusion needs shared_features >= 1 and match_weight >= 0 (got "
+                            f"{shared_features}, {match_weight})")  # fmt: skip
+        self.shared_features, self.match_weight = shared_features, match_weight
 
     def client_start(self, model, global_state, private, received, client):
         others = [v for k, v in sorted(received.items()) if k.startswith(PREFIX)
@@ -73,12 +83,12 @@ class Fusion(FedAlgorithm):
         fused = fusion_loss(z, remote, temperature)
         if remote is None:
             return fused
-        return fused + self.cfg.fusion_match_weight * matching_loss(z, remote, temperature)
+        return fused + self.match_weight * matching_loss(z, remote, temperature)
 
     @torch.no_grad()
     def upload(self, model, images):
         x = images()
-        chosen = torch.randperm(len(x))[: self.cfg.shared_features]
+        chosen = torch.randperm(len(x))[: self.shared_features]
         was_training = model.training
         model.eval()
         z = torch.cat([model.embed(x[part].to(model.device)) for part in chosen.split(256)])

@@ -76,8 +76,8 @@ class SharedOptimizerState(FedAlgorithm):
     # Averaging the clients' own moments is this project's lever, measured in docs/.
     paper = "https://arxiv.org/abs/2003.00295"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self):
+        super().__init__()
         self.start_state: dict[str, Tensor] = {}
         self.end_state: dict[str, Tensor] = {}
 
