@@ -17,6 +17,7 @@ from ssl_zoo.config import RunConfig, check_accelerator, make_output_dir
 from ssl_zoo.data import DATASETS, Splits, load_splits
 from ssl_zoo.errors import UserError, unknown_choice
 from ssl_zoo.methods import METHODS, SSLMethod, build_method
+from ssl_zoo.monitor import OnlineMonitor
 from ssl_zoo.views import RepeatedViews, bad_views_options, build_views
 
 
@@ -27,6 +28,12 @@ class Components:
     model: SSLMethod
     views: object  # BatchViews (uint8 batch -> view batches) or a PIL image -> view tensors
     normalize: dict
+    monitor: OnlineMonitor  # scores the model's features on the splits' bank and test images
+
+    @property
+    def meta(self) -> dict:
+        """What evaluate.py needs besides the weights to use a checkpoint or backbone.pt."""
+        return {"image_size": self.splits.image_size, "normalize": self.normalize}
 
 
 # Lightning's DDP starts devices 1.. as copies of the command; they learn the run directory
@@ -82,7 +89,10 @@ def check_before_work(cfg: RunConfig) -> None:
     check_accelerator(cfg.accelerator, present=True)
 
 
-def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components:
+def build_components(cfg: RunConfig, splits: Splits | None = None,
+                     online_probe: bool = True) -> Components:  # fmt: skip
+    """online_probe: train the method's linear probe on the labels the training images have
+    (a federation's clients hold none)."""
     check_before_work(cfg)
     normalize = DATASETS[cfg.dataset].normalize
     if splits is None:
@@ -98,19 +108,17 @@ def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components
         cfg.method_args,
         backbone=spec,
         num_classes=splits.num_classes,
+        online_probe=online_probe,
         optimizer=cfg.optimizer,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         warmup_fraction=cfg.warmup_fraction,
-        knn_k=cfg.knn_k,
-        knn_t=cfg.knn_t,
         hard_views=cfg.hard_views,
         channels_last=cfg.channels_last,
         compile_backbone=cfg.compile,
         collapse=cfg.collapse,
         collapse_steps=cfg.collapse_steps,
     )
-    model.checkpoint_meta = {"image_size": splits.image_size, "normalize": normalize}
     views = build_views(model.views, splits.image_size, normalize, cfg.views)
     check_views_fit_backbone(model.backbone, first_views(views, splits.train[0][0], cfg.views),
                              cfg.backbone)  # fmt: skip
@@ -118,7 +126,8 @@ def build_components(cfg: RunConfig, splits: Splits | None = None) -> Components
         views = BatchViews.from_lightly(views, repeats=cfg.hard_views)
     elif cfg.hard_views > 1:
         views = RepeatedViews(views, cfg.hard_views)
-    return Components(splits, spec, model, views, normalize)
+    monitor = OnlineMonitor(splits.num_classes, cfg.knn_k, cfg.knn_t)
+    return Components(splits, spec, model, views, normalize, monitor)
 
 
 def first_views(views, image, options: dict) -> list:

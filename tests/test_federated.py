@@ -31,6 +31,7 @@ from ssl_zoo.federated.federation import build_federation
 from ssl_zoo.federated.partition import class_histograms, partition, plot_histograms
 from ssl_zoo.federated.records import to_record, to_state
 from ssl_zoo.jobs.federate import main as federate_main
+from ssl_zoo.methods.base import ScheduleWindow, passed_in
 
 TINY = ["--dataset", "synthetic", "--train_samples", "96", "--test_samples", "40",
         "--backbone", "timm:resnet10t", "--batch_size", "16", "--num_workers", "0", "--knn_k", "10",
@@ -149,7 +150,8 @@ def test_fedbn_keeps_batchnorm_local_and_schedule_follows_the_global_round():
     # Each of the 2 clients trains at batch 16 x its half of the images = 8, so a local epoch
     # takes a centralized epoch's steps (96 // 16); round 2 of 2 continues the schedule.
     steps = 96 // 16
-    assert len(images) // 8 == steps and model.schedule_offset == (steps, 2 * steps)
+    window = passed_in(model.trainer, ScheduleWindow)
+    assert len(images) // 8 == steps and (window.done, window.total) == (steps, 2 * steps)
     assert set(local) <= set(update.private)
     # Another global model (the projector's BatchNorm, local and not uploaded, included).
     other = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}

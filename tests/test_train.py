@@ -513,8 +513,9 @@ def test_ddp_on_two_processes_monitors_each_image_once_and_writes_once(tmp_path)
     parts.model.backbone.load_state_dict(weights)
     datamodule = SSLDataModule(parts.splits, parts.views, parts.normalize, 16, 0)
     L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-              enable_model_summary=False).validate(parts.model, datamodule=datamodule, verbose=False)  # fmt: skip
-    one = parts.model.last_metrics
+              enable_model_summary=False, callbacks=[parts.monitor]).validate(
+        parts.model, datamodule=datamodule, verbose=False)  # fmt: skip
+    one = parts.monitor.last_metrics
     assert (one["val/knn_top1"], one["val/knn_top5"]) == (summary["knn_top1"], summary["knn_top5"])
     # Both processes continue from last.ckpt for a second epoch.
     proc = run_script("train.py", *tiny_args(out, *sizes, "--accelerator", "cpu", "--devices", "2",

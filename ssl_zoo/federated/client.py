@@ -24,6 +24,7 @@ from ssl_zoo.federated.aggregate import from_wire, to_wire
 from ssl_zoo.federated.algorithms import Stack
 from ssl_zoo.federated.algorithms.base import split_entries
 from ssl_zoo.methods import SSLMethod
+from ssl_zoo.methods.base import LossTerms, ScheduleWindow
 
 
 @dataclass
@@ -164,11 +165,8 @@ def fit_client(
     received = received or {}
     metrics = algorithm.client_start(model, global_state, private, received, client)
     total_rounds = total_rounds or cfg.rounds
-    model.schedule_offset = (
-        (0, steps_per_round)
-        if cfg.restart_schedule_every_round
-        else (round_index * steps_per_round, total_rounds * steps_per_round)
-    )
+    window = (ScheduleWindow(0, steps_per_round) if cfg.restart_schedule_every_round else
+              ScheduleWindow(round_index * steps_per_round, total_rounds * steps_per_round))  # fmt: skip
     counted = _step_flops.setdefault(model, {})
     flops_key = step_flops_key(algorithm, client, device_batch, received)
     splits = Splits(Unlabeled(images), None, None, 0, image_size)
@@ -191,13 +189,11 @@ def fit_client(
             *algorithm.callbacks(global_state),
             flops := StepFlops(counted.get(flops_key)),
             steps := TimeSplit(),
+            window,
+            LossTerms(algorithm.client_loss),
         ],  # fmt: skip
     )
-    model.client_loss = algorithm.client_loss
-    try:
-        trainer.fit(model, datamodule=datamodule)
-    finally:
-        model.client_loss = None
+    trainer.fit(model, datamodule=datamodule)
     if flops.per_step is not None:
         counted[flops_key] = flops.per_step
     # The model keeps a reference to this Trainer until the next client's, and a Trainer's

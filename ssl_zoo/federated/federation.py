@@ -30,9 +30,7 @@ def build_federation(cfg: FedConfig) -> tuple[Components, list, Stack]:
     # client actor, whose initial private state (a target network kept local, a memory bank)
     # must be the server's.
     L.seed_everything(cfg.seed, verbose=False)
-    parts = build_components(cfg)
-    # Clients hold no labels, so the online probe would never train: drop it.
-    parts.model.probe = None
+    parts = build_components(cfg, online_probe=False)  # clients hold no labels to train it on
     algorithm.prepare(parts.model)
     labels = dataset_labels(parts.splits.train)
     if (labels < 0).any() and cfg.partition != "iid":
@@ -66,7 +64,7 @@ def finish_run(
     finished)."""
     parts.model.load_state_dict(state.global_state)
     save_backbone(run_dir / "backbone.pt", parts.model.backbone, parts.spec,
-                  feature_dim=parts.model.feature_dim, **parts.model.checkpoint_meta,
+                  feature_dim=parts.model.feature_dim, **parts.meta,
                   method=cfg.method, dataset=cfg.dataset, federated=True)  # fmt: skip
     rows = state.rows
     trained = [r for r in rows if r["round"] > 0]

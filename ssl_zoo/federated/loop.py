@@ -74,9 +74,10 @@ def evaluate_global(parts: Components, state: dict, cfg) -> dict:
     if not datamodule.has_monitor:
         return {}
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, precision=cfg.precision)  # fmt: skip
+                        enable_model_summary=False, precision=cfg.precision,
+                        callbacks=[parts.monitor])  # fmt: skip
     trainer.validate(model, datamodule=datamodule, verbose=False)
-    m = model.last_metrics
+    m = parts.monitor.last_metrics
     return {"knn_top1": m["val/knn_top1"], "knn_top5": m["val/knn_top5"],
             "embedding_std": m["val/embedding_std"], "rankme": m["val/rankme"]}  # fmt: skip
 

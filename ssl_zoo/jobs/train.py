@@ -31,6 +31,8 @@ from ssl_zoo.curves import training_curves
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
+from ssl_zoo.monitor import OnlineMonitor
+from ssl_zoo.resume import ResumableRun
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -42,13 +44,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, partial, storage_options)
 
 
-def final_monitor(trainer: L.Trainer, model, datamodule) -> dict:
+def final_monitor(trainer: L.Trainer, model, datamodule, monitor: OnlineMonitor) -> dict:
     """kNN/probe metrics of the final weights; re-measured if training stopped between epochs."""
     if not datamodule.has_monitor:
         return {}
-    if model.last_metrics.get("step") != model.global_step:
+    if monitor.last_metrics.get("step") != model.global_step:
         trainer.validate(model, datamodule=datamodule, verbose=False)
-    return model.last_metrics
+    return monitor.last_metrics
 
 
 def train(cfg: TrainConfig) -> dict | None:
@@ -63,7 +65,6 @@ def train(cfg: TrainConfig) -> dict | None:
 
         parts = build_components(cfg)
         model, splits = parts.model, parts.splits
-        model.epoch_seed = cfg.seed
         datamodule = SSLDataModule(
             splits, parts.views, parts.normalize, cfg.batch_size, cfg.num_workers, cfg.seed
         )
@@ -115,6 +116,8 @@ def train(cfg: TrainConfig) -> dict | None:
                 flops,
                 timing,
                 CostSoFar(flops, energy, kwh_before),
+                parts.monitor,
+                ResumableRun(cfg.seed, parts.meta),
             ],
             check_val_every_n_epoch=cfg.knn_every_n_epochs,
             num_sanity_val_steps=0,
@@ -131,9 +134,9 @@ def train(cfg: TrainConfig) -> dict | None:
         elif datamodule.has_monitor:
             # The encoder at initialisation is the baseline every kNN figure is compared against.
             trainer.validate(model, datamodule=datamodule, verbose=False)
-            init_metrics = model.last_metrics
+            init_metrics = parts.monitor.last_metrics
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if cfg.resume else None)
-        final = final_monitor(trainer, model, datamodule)
+        final = final_monitor(trainer, model, datamodule, parts.monitor)
         if not trainer.is_global_zero:
             return None
         prepend_csv_rows(run_dir / "metrics.csv", earlier_rows)
@@ -166,7 +169,7 @@ def train(cfg: TrainConfig) -> dict | None:
             model.backbone,
             parts.spec,
             feature_dim=model.feature_dim,
-            **model.checkpoint_meta,
+            **parts.meta,
             method=cfg.method,
             dataset=cfg.dataset,
             knn_top1=summary["knn_top1"],

@@ -1,7 +1,11 @@
-"""SSLMethod: everything the methods share, so each method file states only what is special to it.
+"""SSLMethod: what the methods share, so each method file states only what is special to it.
 
 Shared here: the backbone, the optimizer (SGD, LARS, AdamW) with warm-up + cosine driven by training
-progress, the online kNN monitor and linear probe, and the logging of loss and a collapse signal.
+progress, momentum networks, Hard View Selection, the online linear probe (trained on detached
+features), and the logging of loss and a collapse signal. What is not the model's own comes in
+through the Trainer's callbacks: the monitor that scores its features (ssl_zoo/monitor.py), the
+random streams of a resumable run (ssl_zoo/resume.py), and, in a federated client's fit, the
+window of the global schedule it trains in and the algorithm's loss terms (below).
 
 Progress is the larger of step progress and wall-clock progress, so a run with a time budget
 (`--max_time`) anneals its learning rate and momentum to their final values as the budget runs out
@@ -13,12 +17,11 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import lightning.pytorch as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightly.models.utils import (
@@ -33,10 +36,7 @@ from torch import Tensor, nn
 
 from ssl_zoo.allocator import keep_freed_memory
 from ssl_zoo.backbones import BackboneSpec, build_backbone
-from ssl_zoo.data import resume_mid_epoch
 from ssl_zoo.errors import UserError, unknown_choice
-from ssl_zoo.evaluation.knn import knn_accuracy
-from ssl_zoo.evaluation.label_free import embedding_std, rankme
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,28 @@ class StepOutput:
     pair: tuple[Tensor, Tensor] | None = None
 
 
+class ScheduleWindow(L.Callback):
+    """Passed to the Trainer of a fit that is part of a longer schedule (a federated client's
+    round): its steps are `done`..`done + max_steps` of `total`, so warm-up, cosine and momentum
+    follow the global schedule instead of restarting every round."""
+
+    def __init__(self, done: int, total: int):
+        self.done, self.total = done, total
+
+
+class LossTerms(L.Callback):
+    """Passed to the Trainer of a fit whose loss is more than the method's (a federated
+    algorithm's terms): `terms(model, views, out)` is the loss minimised."""
+
+    def __init__(self, terms: Callable):
+        self.terms = terms
+
+
+def passed_in(trainer, kind: type):
+    """The Trainer's callback of this kind, if it was given one."""
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
 class SSLMethod(L.LightningModule):
     family: ClassVar[str]
     paper: ClassVar[str]
@@ -78,12 +100,11 @@ class SSLMethod(L.LightningModule):
         self,
         backbone: BackboneSpec,
         num_classes: int = 0,
+        online_probe: bool = True,
         optimizer: str = "sgd",
         lr: float = 0.06,
         weight_decay: float = 5e-4,
         warmup_fraction: float = 0.0,
-        knn_k: int = 200,
-        knn_t: float = 0.1,
         hard_views: int = 1,
         channels_last: bool = True,
         compile_backbone: bool = False,
@@ -96,10 +117,12 @@ class SSLMethod(L.LightningModule):
         self.backbone, self.feature_dim = build_backbone(backbone)
         self.backbone_spec = backbone
         self.num_classes = num_classes
-        self.probe = nn.Linear(self.feature_dim, num_classes) if num_classes > 0 else None
+        # Drawn even where it is not trained (a federation's clients hold no labels), so that the
+        # heads start from the same draws whether the run is centralized or federated.
+        probe = nn.Linear(self.feature_dim, num_classes) if num_classes > 0 else None
+        self.probe = probe if online_probe else None
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_fraction = warmup_fraction
-        self.knn_k, self.knn_t = knn_k, knn_t
         if hard_views > 1 and "two_views" not in self.capabilities:
             raise UserError(f"--hard_views needs a two-view method; {type(self).__name__} is not")
         self.hard_views = hard_views
@@ -108,43 +131,10 @@ class SSLMethod(L.LightningModule):
         self.compile_backbone = compile_backbone
         self.collapse, self.collapse_steps = collapse, collapse_steps
         self._collapsed_for = 0  # consecutive training steps with collapsed embeddings
-        self._val_outputs: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        self.last_metrics: dict[str, float] = {}
-        # What evaluate.py needs besides the weights to use a checkpoint (set by the entry point).
-        self.checkpoint_meta: dict = {}
-        # Set by a federated client for its fit: the algorithm's loss (FedX, fusion) from the views,
-        # the step's output and the method's loss.
-        self.client_loss = None
-        # Federated clients fit for one round at a time: (steps before this fit, total steps) keeps
-        # warm-up, cosine and momentum on the global schedule instead of restarting every round.
-        self.schedule_offset: tuple[int, int] | None = None
-        self.epoch_seed: int | None = None  # set by train.py
-        self._resumed_epoch: dict | None = None  # where a resumed checkpoint's epoch stood
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ssl_zoo"] = {
-            "backbone_spec": asdict(self.backbone_spec),
-            **self.checkpoint_meta,
-        }
-        # Where the epoch stood (batches trained on, random streams): a checkpoint taken
-        # mid-epoch resumes with the next batch and the same views and random ops. (An epoch's
-        # start reseeds its streams from (seed, epoch) anyway.)
-        checkpoint["ssl_zoo_epoch"] = {
-            "epoch": self.current_epoch,
-            "batches": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
-            "random_states": random_states(),
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._resumed_epoch = checkpoint.get("ssl_zoo_epoch")
-
-    def on_train_epoch_start(self) -> None:
-        # Each epoch's random streams (views, shuffling) come from (seed, epoch), so a run
-        # resumed from an epoch's checkpoint repeats the uninterrupted run whatever Lightning drew
-        # while restoring. Federated clients seed each fit themselves and leave this unset.
-        if self.epoch_seed is not None:
-            L.seed_everything((self.epoch_seed * 1_000_003 + self.current_epoch) % 2**31,
-                              workers=True, verbose=False)  # fmt: skip
+        # What the backbone is, so evaluate.py can rebuild it from a checkpoint.
+        checkpoint.setdefault("ssl_zoo", {})["backbone_spec"] = asdict(self.backbone_spec)
 
     # ---- what a method provides -------------------------------------------------------------
     def ssl_step(self, views: list[Tensor]) -> StepOutput:
@@ -200,9 +190,9 @@ class SSLMethod(L.LightningModule):
         """Fraction of the training schedule done, in [0, 1], by steps or by the time budget."""
         if self._trainer is None:
             return 0.0
-        if self.schedule_offset is not None:
-            done, total = self.schedule_offset
-            return min(1.0, (done + self.global_step) / max(total, 1))
+        window = passed_in(self.trainer, ScheduleWindow)
+        if window is not None:
+            return min(1.0, (window.done + self.global_step) / max(window.total, 1))
         total = self.trainer.estimated_stepping_batches
         by_steps = self.global_step / total if math.isfinite(total) and total > 0 else 0.0
         by_time = 0.0
@@ -269,14 +259,6 @@ class SSLMethod(L.LightningModule):
             # Lightning seeds every DDP process alike: without this, the ranks' batched views
             # would share their crops and colour jitter, image slot by image slot.
             torch.manual_seed(torch.initial_seed() + self.global_rank)
-        resumed, self._resumed_epoch = self._resumed_epoch, None
-        if resumed:
-            # Here, after Lightning made the resumed run's data iterator (which draws a number
-            # from the global stream) and before its first batch. The random streams on one
-            # process only: a checkpoint holds the first rank's, not each rank's.
-            resume_mid_epoch(self.trainer.train_dataloader, resumed["epoch"], resumed["batches"])
-            if self.trainer.world_size == 1:
-                set_random_states(resumed["random_states"])
 
     def training_step(self, batch, batch_idx):
         views, labels = batch
@@ -284,7 +266,8 @@ class SSLMethod(L.LightningModule):
         if self.hard_views > 1:
             views = self.select_hard_views(views)
         out = self.ssl_step(views)
-        loss = out.loss if self.client_loss is None else self.client_loss(self, views, out)
+        extra = passed_in(self.trainer, LossTerms)
+        loss = out.loss if extra is None else extra.terms(self, views, out)
         z = F.normalize(out.embedding.detach().float(), dim=1)
         # Per-dimension std of normalised embeddings: 1/sqrt(dim) when spread out, 0 when collapsed.
         std = z.std(dim=0).mean()
@@ -339,70 +322,7 @@ class SSLMethod(L.LightningModule):
         where = f"at step {self.global_step}" if fitting else "(seen by the monitor)"
         return UserError(f"training diverged {where}: {what}; {fix}")
 
-    # ---- online monitor: kNN and linear probe on [bank, test] -------------------------------
-    def on_validation_epoch_start(self) -> None:
-        self._val_outputs = {}
-
+    # ---- features for the monitor (ssl_zoo/monitor.py) ------------------------------------------
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        images, labels = batch
-        features = self.backbone(images.contiguous(memory_format=self.memory_format))
-        self._val_outputs.setdefault(dataloader_idx, []).append((features.float(), labels))
-
-    def _all_ranks(self, loader: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and labels of a whole monitor split, each image once. Under DDP every rank
-        saw an interleaved share padded to equal length (SSLDataModule._order): gathered,
-        put back in order and cut to the split's size, they are the single-device arrays."""
-        features, labels = (torch.cat(t) for t in zip(*self._val_outputs[loader], strict=True))
-        if self.trainer.world_size == 1:
-            return features, labels
-        size = len(self.trainer.val_dataloaders[loader].dataset)
-
-        def in_order(local: torch.Tensor) -> torch.Tensor:
-            gathered = self.all_gather(local)  # (world, share, ...)
-            return gathered.transpose(0, 1).reshape(-1, *local.shape[1:])[:size]
-
-        return in_order(features), in_order(labels)
-
-    def on_validation_epoch_end(self) -> None:
-        if set(self._val_outputs) != {0, 1}:
-            return
-        bank, bank_labels = self._all_ranks(0)
-        test, test_labels = self._all_ranks(1)
-        if not (torch.isfinite(bank).all() and torch.isfinite(test).all()):
-            # A loss can stay finite while weights or BatchNorm statistics overflow.
-            raise self.diverged("the backbone's features are not finite")
-        top1, top5 = knn_accuracy(
-            test, test_labels, bank, bank_labels, self.num_classes, self.knn_k, self.knn_t
-        )
-        metrics = {"val/knn_top1": top1, "val/knn_top5": top5}
-        if self.probe is not None:
-            predicted = self.probe(test).argmax(1)
-            metrics["val/probe_top1"] = (predicted == test_labels).float().mean().item()
-        metrics["val/embedding_std"] = embedding_std(test)
-        metrics["val/rankme"] = rankme(test)
-        self.log_dict(metrics, prog_bar=True, sync_dist=True)  # the same on every rank
-        self.last_metrics = {**metrics, "step": self.global_step}
-        self._val_outputs = {}
-
-
-def random_states() -> dict:
-    """The global random streams a training step draws from (views, dropout, random ops), as
-    tensors and numbers, which a checkpoint loaded with weights_only=True may hold."""
-    name, keys, *rest = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_random_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        images, _ = batch
+        return self.backbone(images.contiguous(memory_format=self.memory_format)).float()
