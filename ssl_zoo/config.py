@@ -355,7 +355,7 @@ def check_renamed(argv: list[str], configs: list[object], renamed: dict[str, str
 def parse_config(config_class: type, argv: list[str] | None, prog: str):
     parser = build_parser(config_class, prog)
     argv = sys.argv[1:] if argv is None else argv
-    check_renamed(argv, read_yaml_files(argv), config_class.renamed)
+    check_renamed(argv, read_yaml_files(argv), getattr(config_class, "renamed", {}))
     try:
         namespace = parser.parse_args(bare_flags_to_true(list(argv), bool_options(config_class)))
     except ArgumentError as err:

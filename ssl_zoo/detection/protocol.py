@@ -21,15 +21,19 @@ from tqdm.auto import tqdm
 
 from ssl_zoo.config import inference_device
 from ssl_zoo.cost import StepFlops, gflops
-from ssl_zoo.data import image_digests, image_ids
+from ssl_zoo.data import IMAGENET_NORMALIZE, SYNTHETIC_NORMALIZE, image_digests, image_ids
 from ssl_zoo.detection.data import (
     DetectionImages,
     concatenated,
     labeled_subset_indices,
     largest_object_classes,
 )
-from ssl_zoo.errors import UserError
+from ssl_zoo.errors import UserError, unknown_choice
+from ssl_zoo.evaluation.protocol import Protocol
 from ssl_zoo.evaluation.selection import Pool, check_budget, choose_labeled
+
+DETECTION_DATASETS = ("scenes", "coco")
+DETECTION_NORMALIZE = {"scenes": SYNTHETIC_NORMALIZE, "coco": IMAGENET_NORMALIZE}
 
 
 class Flipped(Dataset):
@@ -250,83 +254,122 @@ def detection_plot(detectors: dict[str, list[dict]], data: DetectionImages, clas
     return path
 
 
-def run_detection(cfg, backbone, normalize: dict, out_dir, title: str) -> dict:
-    """The whole protocol on evaluate.py's config; returns the summary's detection fields."""
-    from ssl_zoo.detection.data import load_detection
-    from ssl_zoo.detection.model import build_detector
+class Detection(Protocol):
+    """Detection transfer: a detector over the backbone, fine-tuned on the labeled images of a
+    detection dataset, scored on its validation images."""
 
-    tic = time.time()
-    classes = [c.strip() for c in cfg.classes.split(",")] if cfg.classes else None
-    splits = load_detection(cfg.dataset, cfg.data_dir, classes, cfg.train_samples,
-                            cfg.test_samples)  # fmt: skip
-    device = inference_device(cfg.accelerator)
+    name = "detection"
+    on_features = False
+    self_trains = True
+    datasets = DETECTION_DATASETS
 
-    def fine_tuned(labeled: DetectionImages, steps: int):
-        detector = build_detector(copy.deepcopy(backbone), len(splits.classes), cfg.det_size,
-                                  normalize, cfg.trainable_layers, cfg.trainable_bn,
-                                  cfg.detector)  # fmt: skip
-        return detector, *fine_tune_detector(detector, labeled, steps, cfg.det_lr,
-                                             cfg.det_batch_size, cfg.num_workers, cfg.seed,
-                                             cfg.accelerator)[1:]  # fmt: skip
+    def __init__(self, detector: str = "fasterrcnn", det_size: int = 128, det_epochs: int = 12,
+                 det_lr: float | None = None, det_batch_size: int = 8, trainable_layers: int = 3,
+                 trainable_bn: bool = False, classes: str | None = None,
+                 self_train: bool = False):  # fmt: skip
+        from ssl_zoo.detection.model import DETECTOR_LR, DETECTORS
 
-    selected = None
-    if cfg.few_labels:
-        ids = image_ids(splits.train, cfg.data_dir)
-        largest = largest_object_classes(splits.train)
-        check_budget(cfg, ids, largest)
-        features = detection_embeddings(backbone, splits.train, cfg.det_size, normalize,
-                                        cfg.det_batch_size, device)  # fmt: skip
-        pool = Pool(ids, image_digests(splits.train), features, largest, len(splits.classes),
-                    lambda i: splits.train[i][0].permute(1, 2, 0).numpy())  # fmt: skip
-        indices, selected = choose_labeled(cfg, pool, cfg.encoder_id(), out_dir)
-    else:
-        indices = labeled_subset_indices(len(splits.train), cfg.label_fraction, cfg.seed)
-    labeled_images = splits.train.subset(indices)
-    seconds = {"data": time.time() - tic}
-    tic = time.time()
-    steps = epoch_steps(len(labeled_images), cfg.det_epochs, cfg.det_batch_size)
-    detector, labeled, first_loss, last_loss, flops = fine_tuned(labeled_images, steps)
-    seconds["fine_tune"] = time.time() - tic
-    tic = time.time()
-    predictions = predict(detector, splits.val, cfg.det_batch_size, device)
-    # The val predictions, for pictures that set detectors side by side (benchmarks/vehicles.py)
-    torch.save(predictions, out_dir / "predictions.pt")
-    scores = mean_average_precision(predictions, splits.val, splits.classes)
-    seconds["map"] = time.time() - tic
-    self_trained = None
-    if cfg.self_train:
+        if detector not in DETECTORS:
+            raise unknown_choice("detector", detector, DETECTORS)
+        if not 0 <= trainable_layers <= 5:
+            raise UserError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
+        det_lr = DETECTOR_LR[detector] if det_lr is None else det_lr
+        if min(det_size, det_epochs, det_batch_size) < 1 or det_lr <= 0:
+            raise UserError("det_size, det_epochs, det_batch_size and det_lr must be > 0")
+        self.detector, self.input_size, self.epochs, self.lr = (
+            detector,
+            det_size,
+            det_epochs,
+            det_lr,
+        )
+        self.batch_size, self.trainable_layers = det_batch_size, trainable_layers
+        self.trainable_bn, self.self_train = trainable_bn, self_train
+        self.classes = [c.strip() for c in classes.split(",")] if classes else None
+
+    def run(self, bench) -> dict:
+        """The whole protocol (bench: evaluate.py's config, the backbone, its metadata and the
+        output directory); returns what results.json reports of it."""
+        from ssl_zoo.detection.data import load_detection
+        from ssl_zoo.detection.model import build_detector
+
+        cfg, backbone, out_dir = bench.cfg, bench.model, bench.out_dir
+        # Images are normalised as the backbone's pretraining data was (its checkpoint says
+        # how); a random backbone takes its dataset's statistics.
+        normalize = bench.meta.get("normalize") or DETECTION_NORMALIZE[cfg.dataset]
+        title = f"{cfg.checkpoint} on {cfg.dataset} ({cfg.label_fraction:g} of the labels)"
         tic = time.time()
-        taken = set(indices)
-        unlabeled = [i for i in range(len(splits.train)) if i not in taken]
-        pool = splits.train.subset(unlabeled)
-        pseudo, quality = pseudo_boxes(predict(detector, pool, cfg.det_batch_size, device), pool)
-        # The student takes the teacher's steps (not its epochs: the pseudo-labeled photos
-        # outnumber the labeled ones several-fold), so self-training costs twice the teacher.
-        student, *_, student_flops = fine_tuned(concatenated(labeled_images, pseudo), steps)
-        student_predictions = predict(student, splits.val, cfg.det_batch_size, device)
-        torch.save(student_predictions, out_dir / "predictions-self-trained.pt")
-        self_trained = {**mean_average_precision(student_predictions, splits.val, splits.classes),
-                        **quality, "gflops": gflops(student_flops)}  # fmt: skip
-        seconds["self_train"] = time.time() - tic
-        flops += student_flops
-    plot = None
-    if cfg.plot:
-        plot = str(detection_plot({"predicted (solid) and true (dashed)": predictions},
-                                  splits.val, splits.classes, out_dir / "detections.png",
-                                  title))  # fmt: skip
-    return {
-        **scores,
-        "detector": cfg.detector,
-        "classes": splits.classes,
-        "label_fraction": cfg.label_fraction,
-        "labeled_images": labeled,
-        "steps": steps,
-        "selection": selected and {k: selected[k] for k in ("rule", "labels")},
-        "self_train": self_trained,
-        "val_images": len(splits.val),
-        "loss_first_epoch": round(first_loss, 4),
-        "loss_last_epoch": round(last_loss, 4),
-        "gflops": gflops(flops),
-        "seconds_per_part": {k: round(v, 1) for k, v in seconds.items()},
-        "plot": plot,
-    }
+        splits = load_detection(cfg.dataset, cfg.data_dir, self.classes, cfg.train_samples,
+                                cfg.test_samples)  # fmt: skip
+        device = inference_device(cfg.accelerator)
+
+        def fine_tuned(labeled: DetectionImages, steps: int):
+            detector = build_detector(copy.deepcopy(backbone), len(splits.classes), self.input_size,
+                                      normalize, self.trainable_layers, self.trainable_bn,
+                                      self.detector)  # fmt: skip
+            return detector, *fine_tune_detector(detector, labeled, steps, self.lr,
+                                                 self.batch_size, cfg.num_workers, cfg.seed,
+                                                 cfg.accelerator)[1:]  # fmt: skip
+
+        selected = None
+        if cfg.few_labels:
+            ids = image_ids(splits.train, cfg.data_dir)
+            largest = largest_object_classes(splits.train)
+            check_budget(cfg, ids, largest)
+            features = detection_embeddings(backbone, splits.train, self.input_size, normalize,
+                                            self.batch_size, device)  # fmt: skip
+            pool = Pool(ids, image_digests(splits.train), features, largest, len(splits.classes),
+                        lambda i: splits.train[i][0].permute(1, 2, 0).numpy())  # fmt: skip
+            indices, selected = choose_labeled(cfg, pool, cfg.encoder_id(), out_dir)
+        else:
+            indices = labeled_subset_indices(len(splits.train), cfg.label_fraction, cfg.seed)
+        labeled_images = splits.train.subset(indices)
+        seconds = {"data": time.time() - tic}
+        tic = time.time()
+        steps = epoch_steps(len(labeled_images), self.epochs, self.batch_size)
+        detector, labeled, first_loss, last_loss, flops = fine_tuned(labeled_images, steps)
+        seconds["fine_tune"] = time.time() - tic
+        tic = time.time()
+        predictions = predict(detector, splits.val, self.batch_size, device)
+        # The val predictions, for pictures that set detectors side by side (benchmarks/vehicles.py)
+        torch.save(predictions, out_dir / "predictions.pt")
+        scores = mean_average_precision(predictions, splits.val, splits.classes)
+        seconds["map"] = time.time() - tic
+        self_trained = None
+        if self.self_train:
+            tic = time.time()
+            taken = set(indices)
+            unlabeled = [i for i in range(len(splits.train)) if i not in taken]
+            pool = splits.train.subset(unlabeled)
+            pseudo, quality = pseudo_boxes(predict(detector, pool, self.batch_size, device), pool)
+            # The student takes the teacher's steps (not its epochs: the pseudo-labeled photos
+            # outnumber the labeled ones several-fold), so self-training costs twice the teacher.
+            student, *_, student_flops = fine_tuned(concatenated(labeled_images, pseudo), steps)
+            student_predictions = predict(student, splits.val, self.batch_size, device)
+            torch.save(student_predictions, out_dir / "predictions-self-trained.pt")
+            self_trained = {**mean_average_precision(student_predictions, splits.val,
+                                                     splits.classes),
+                            **quality, "gflops": gflops(student_flops)}  # fmt: skip
+            seconds["self_train"] = time.time() - tic
+            flops += student_flops
+        plot = None
+        if cfg.plot:
+            plot = str(detection_plot({"predicted (solid) and true (dashed)": predictions},
+                                      splits.val, splits.classes, out_dir / "detections.png",
+                                      title))  # fmt: skip
+        return {
+            **scores,
+            "detector": self.detector,
+            "classes": splits.classes,
+            "label_fraction": cfg.label_fraction,
+            "labeled_images": labeled,
+            "steps": steps,
+            "selection": selected and {k: selected[k] for k in ("rule", "labels")},
+            "self_train": self_trained,
+            "val_images": len(splits.val),
+            "loss_first_epoch": round(first_loss, 4),
+            "loss_last_epoch": round(last_loss, 4),
+            "gflops": gflops(flops),
+            "seconds_per_part": {k: round(v, 1) for k, v in seconds.items()},
+            "plot": plot,
+            "results": {"detection": {k: scores[k] for k in ("map", "map_50")}},
+        }

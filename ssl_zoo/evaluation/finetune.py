@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 
 import lightning.pytorch as L
@@ -29,9 +30,10 @@ import torchvision.transforms as T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ssl_zoo.cost import StepFlops
+from ssl_zoo.cost import StepFlops, gflops
 from ssl_zoo.data import Transformed
 from ssl_zoo.errors import UserError
+from ssl_zoo.evaluation.protocol import Protocol
 
 BACKBONE_LR_SCALE = 0.1  # the backbone's learning rate against the head's
 WISE_ALPHA = 0.5  # the weight of the fine-tuned end in the reported average (WiSE-FT's default)
@@ -175,3 +177,62 @@ def soft_pseudo_labels(teacher_logits: torch.Tensor, labels: torch.Tensor,
         "pseudo_label_top1": round(float((guesses == labels[unlabeled]).float().mean()), 4),
         "pseudo_label_confidence": round(float(targets[unlabeled].max(1).values.mean()), 4),
     }
+
+
+class FineTune(Protocol):
+    """Few-label fine-tuning of the encoder with a linear head (LP-FT and WiSE-FT, above), on
+    --label_fraction of the labels (--select balanced) or the chosen subset; with --self_train,
+    a student then learns from the rest under the fine-tuned model's soft pseudo-labels."""
+
+    name = "finetune"
+    labeled_subset = True
+    self_trains = True
+
+    def __init__(self, finetune_steps: int = 300, finetune_lr: float = 0.05,
+                 linear_epochs: int = 100, self_train: bool = False):  # fmt: skip
+        if finetune_steps < 1 or linear_epochs < 1:
+            raise UserError("linear_epochs and finetune_steps must be >= 1")
+        self.steps, self.lr, self.linear_epochs = finetune_steps, finetune_lr, linear_epochs
+        self.self_train = self_train
+
+    def run(self, bench) -> dict:
+        cfg, splits = bench.cfg, bench.splits
+        tic = time.time()
+        indices = bench.labeled
+        probe, probed = bench.linear_probe(bench.train_x[indices], bench.train_y[indices],
+                                           self.linear_epochs)  # fmt: skip
+
+        def tune(images: list[int], targets: torch.Tensor | None = None):
+            return finetune(
+                bench.model, probe_as_head(*probe), splits.bank, images, splits.image_size,
+                bench.normalize, self.steps, self.lr, cfg.batch_size, cfg.num_workers,
+                cfg.seed, cfg.accelerator, targets,
+            )  # fmt: skip
+
+        averaged, end, flops = tune(indices)
+        found = {
+            **bench.tested(averaged, "fine-tuned"),
+            "label_fraction": cfg.label_fraction,
+            "labels": len(indices),
+            # The same labels, the backbone frozen: what fine-tuning must beat (and starts from).
+            "linear_same_labels": probed,
+            # The last step's weights, before the average with the start (WiSE-FT's above).
+            "end_of_finetuning": bench.tested(end, "fine-tuned, end"),
+            "gflops": gflops(flops),
+        }
+        bench.seconds["finetune"] = time.time() - tic
+        if self.self_train:
+            tic = time.time()
+            teacher, _ = bench.features(averaged, splits.bank, "pseudo-labels")
+            targets, quality = soft_pseudo_labels(teacher, bench.train_y, indices)
+            # The student starts where the teacher did (encoder and probe head) and trains on
+            # every training image: the labeled ones with their labels, the rest with soft ones.
+            student, student_end, student_flops = tune(list(range(len(bench.train_y))), targets)
+            found["self_train"] = {
+                **bench.tested(student, "self-trained"),
+                **quality,
+                "end_of_training": bench.tested(student_end, "self-trained, end"),
+                "gflops": gflops(student_flops),
+            }
+            bench.seconds["self_train"] = time.time() - tic
+        return found

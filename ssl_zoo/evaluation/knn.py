@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
 from torchmetrics.functional.classification import multiclass_accuracy
+
+from ssl_zoo.evaluation.protocol import Protocol
 
 
 @torch.no_grad()
@@ -64,3 +68,19 @@ def knn_accuracy(
     """Top-1 and top-5 accuracy (fractions) of `query` against a labeled memory `bank`."""
     scores = knn_scores(query, bank, bank_labels, num_classes, k, temperature, chunk_size)
     return topk_accuracy(scores, query_labels)
+
+
+class KNN(Protocol):
+    """The test images' classes voted by their nearest bank images."""
+
+    name = "knn"
+
+    def __init__(self, knn_k: int = 200, knn_t: float = 0.1):
+        self.k, self.t = knn_k, knn_t
+
+    def run(self, bench) -> dict:
+        tic = time.time()
+        scores = knn_scores(bench.test_x, bench.train_x, bench.train_y, bench.splits.num_classes,
+                            self.k, self.t)  # fmt: skip
+        bench.seconds["knn"] = time.time() - tic
+        return bench.accuracy(scores)

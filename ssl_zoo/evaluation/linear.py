@@ -8,10 +8,14 @@ over the training features; no augmentation, since the features are computed onc
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from ssl_zoo.evaluation.protocol import Protocol
 
 
 def train_linear_probe(
@@ -46,3 +50,20 @@ def train_linear_probe(
             optimizer.step()
             schedule.step()
     return classifier.eval(), mean, std
+
+
+class Linear(Protocol):
+    """A linear probe on the bank's features: on every label, or on the labeled subset where
+    one is asked for (--labels, --select, --selection)."""
+
+    name = "linear"
+
+    def __init__(self, linear_epochs: int = 100):
+        self.epochs = linear_epochs
+
+    def run(self, bench) -> dict:
+        tic = time.time()
+        chosen = bench.labeled if bench.cfg.few_labels else slice(None)
+        _, found = bench.linear_probe(bench.train_x[chosen], bench.train_y[chosen], self.epochs)
+        bench.seconds["linear"] = time.time() - tic
+        return found

@@ -11,56 +11,25 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, load_backbone
 from ssl_zoo.config import (
     LOGGERS,
     check_accelerator,
     data_checks,
-    inference_device,
     json_entry_point,
     make_output_dir,
     raise_first_failure,
     write_atomically,
 )
-from ssl_zoo.cost import EnergyMeter, gflops, peak_rss_mb
-from ssl_zoo.data import (
-    DATASETS,
-    IMAGENET_NORMALIZE,
-    SYNTHETIC_NORMALIZE,
-    Transformed,
-    dataset_labels,
-    image_digests,
-    image_ids,
-    load_splits,
-)
-from ssl_zoo.detection.model import DETECTOR_LR, DETECTORS
+from ssl_zoo.cost import EnergyMeter, peak_rss_mb
+from ssl_zoo.data import DATASETS
 from ssl_zoo.errors import UserError, run_main, unknown_choice
-from ssl_zoo.evaluation.finetune import finetune, probe_as_head, soft_pseudo_labels
-from ssl_zoo.evaluation.knn import knn_scores, topk_accuracy
-from ssl_zoo.evaluation.label_free import label_free_metrics
-from ssl_zoo.evaluation.linear import train_linear_probe
-from ssl_zoo.evaluation.plots import embedding_plot
-from ssl_zoo.evaluation.selection import (
-    LABEL_FREE,
-    RULES,
-    Pool,
-    check_budget,
-    choose_labeled,
-    file_hash,
-)
+from ssl_zoo.evaluation.bench import FeatureBench
+from ssl_zoo.evaluation.protocols import PROTOCOLS, build_protocols
+from ssl_zoo.evaluation.selection import LABEL_FREE, RULES, file_hash
 from ssl_zoo.loggers import wandb_mode
-from ssl_zoo.views import build_views, eval_transform
-
-PROTOCOLS = ("knn", "linear", "finetune", "all", "detection")
-DETECTION_DATASETS = ("scenes", "coco")
-# Detection images are normalised as the backbone's pretraining data was (its checkpoint says
-# how); a random backbone takes its dataset's statistics.
-DETECTION_NORMALIZE = {"scenes": SYNTHETIC_NORMALIZE, "coco": IMAGENET_NORMALIZE}
 
 
 @dataclass
@@ -69,7 +38,10 @@ class EvalConfig:
 
     Args:
         checkpoint: backbone.pt or a .ckpt of an ssl_zoo run, or 'random' for initialisation.
-        protocol: knn, linear, finetune, all (the first three) or detection.
+        protocol: knn, linear, finetune, all (the first three) or detection
+            (ssl_zoo/evaluation/protocols.py).
+        protocol_args: Options of the protocol that are not options here (a protocol's options
+            are its constructor's keywords; docs/extending.md).
         dataset: synthetic, scenes, cifar10, cifar100, stl10, imagefolder or coco; detection: scenes
             (synthetic street scenes with boxes) or coco (COCO detection JSON under data_dir).
         data_dir: Dataset root.
@@ -126,6 +98,7 @@ class EvalConfig:
 
     checkpoint: str
     protocol: str = "knn"
+    protocol_args: dict[str, Any] = field(default_factory=dict)
     dataset: str = "synthetic"
     data_dir: str | None = None
     backbone: str | None = None
@@ -166,22 +139,11 @@ class EvalConfig:
     energy_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise unknown_choice("protocol", self.protocol, PROTOCOLS)
-        if self.protocol == "detection":
-            if self.dataset not in DETECTION_DATASETS:
-                raise unknown_choice(
-                    "dataset for --protocol detection", self.dataset, DETECTION_DATASETS
-                )
-            if self.detector not in DETECTORS:
-                raise unknown_choice("detector", self.detector, DETECTORS)
-            if not 0 <= self.trainable_layers <= 5:
-                raise UserError(f"trainable_layers must be in [0, 5], got {self.trainable_layers}")
-            if self.det_lr is None:
-                self.det_lr = DETECTOR_LR[self.detector]
-            if min(self.det_size, self.det_epochs, self.det_batch_size) < 1 or self.det_lr <= 0:
-                raise UserError("det_size, det_epochs, det_batch_size and det_lr must be > 0")
-        elif self.dataset not in DATASETS:
+        protocols = build_protocols(self)  # their names and options, before any work
+        datasets = protocols[0].datasets
+        if datasets is not None and self.dataset not in datasets:
+            raise unknown_choice(f"dataset for --protocol {self.protocol}", self.dataset, datasets)
+        if datasets is None and self.dataset not in DATASETS:
             raise unknown_choice("dataset", self.dataset, DATASETS)
         if self.logger not in LOGGERS:
             raise unknown_choice("logger", self.logger, LOGGERS)
@@ -196,15 +158,16 @@ class EvalConfig:
         if self.federated_selection and self.select not in LABEL_FREE:
             raise UserError("--federated_selection: clients hold no labels; give a label-free "
                             f"--select ({', '.join(LABEL_FREE)})")  # fmt: skip
-        if self.self_train and self.protocol not in ("finetune", "all", "detection"):
-            raise UserError("--self_train goes with --protocol finetune, all or detection")
+        if self.self_train and not any(p.self_trains for p in protocols):
+            able = [n for n, p in PROTOCOLS.items() if p.self_trains]
+            raise UserError(f"--self_train goes with --protocol {', '.join(able)} or all")
         if self.checkpoint == "random" and not self.backbone:
             raise UserError("--checkpoint random needs --backbone NAME (e.g. resnet18)")
         raise_first_failure(data_checks(self))
         if self.batch_size < 1 or self.num_workers < 0:
             raise UserError("batch_size must be >= 1 and num_workers >= 0")
-        if self.linear_epochs < 1 or self.finetune_steps < 1:
-            raise UserError("linear_epochs and finetune_steps must be >= 1")
+        if self.linear_epochs < 1:
+            raise UserError("linear_epochs must be >= 1")
         check_accelerator(self.accelerator)
 
     @property
@@ -221,10 +184,8 @@ class EvalConfig:
 
 def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
     if cfg.checkpoint == "random":
-        if cfg.protocol == "detection":
-            size = cfg.det_size
-        else:
-            size = cfg.image_size or DATASETS[cfg.dataset].image_size or 32
+        size = (build_protocols(cfg)[0].input_size or cfg.image_size
+                or DATASETS[cfg.dataset].image_size or 32)  # fmt: skip
         spec = BackboneSpec(cfg.backbone, default_cifar_stem(cfg.backbone, size),
                             args=cfg.backbone_args or {})  # fmt: skip
         model, dim = build_backbone(spec)
@@ -247,22 +208,6 @@ def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
     return model, dim, meta
 
 
-@torch.no_grad()
-def extract_features(model: nn.Module, dataset, cfg: EvalConfig, device, desc: str):
-    """Features of a dataset in batches (or of each view, for multi-view transforms)."""
-    model.eval().to(device)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    features, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False):
-        if isinstance(images, list):
-            features.append(torch.stack([model(v.to(device)).float().cpu() for v in images]))
-        else:
-            features.append(model(images.to(device)).float().cpu())
-        labels.append(targets)
-    dim = 1 if features[0].ndim == 3 else 0
-    return torch.cat(features, dim=dim), torch.cat(labels)
-
-
 def evaluate(cfg: EvalConfig) -> dict:
     start = time.time()
     L.seed_everything(cfg.seed, verbose=False)
@@ -272,16 +217,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         if cfg.checkpoint == "random" and cfg.output_dir is None:
             out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
         make_output_dir(out_dir)
-        model, feature_dim, meta = load_encoder(cfg)
-        if cfg.protocol == "detection":
-            from ssl_zoo.detection.protocol import run_detection
-
-            normalize = meta.get("normalize") or DETECTION_NORMALIZE[cfg.dataset]
-            title = f"{cfg.checkpoint} on {cfg.dataset} ({cfg.label_fraction:g} of the labels)"
-            found = run_detection(cfg, model, normalize, out_dir, title)
-            found["results"] = {"detection": {k: found[k] for k in ("map", "map_50")}}
+        model, _, meta = load_encoder(cfg)
+        protocols = build_protocols(cfg)
+        if protocols[0].on_features:
+            found = scored_features(cfg, protocols, model, meta, out_dir)
         else:
-            found = classification_protocols(cfg, model, feature_dim, meta, out_dir)
+            found = protocols[0].run(Encoder(cfg, model, meta, out_dir))
         summary = {
             "protocol": cfg.protocol,
             "dataset": cfg.dataset,
@@ -298,138 +239,37 @@ def evaluate(cfg: EvalConfig) -> dict:
         return summary
 
 
-def classification_protocols(cfg: EvalConfig, model: nn.Module, feature_dim: int, meta: dict,
-                             out_dir: Path) -> dict:  # fmt: skip
-    """kNN, linear probe and fine-tuning with label-free metrics and the embedding plot."""
-    splits = load_splits(
-        cfg.dataset,
-        cfg.data_dir,
-        cfg.image_size or meta.get("image_size"),
-        cfg.train_samples,
-        cfg.test_samples,
-        cfg.seed,
-    )
-    if splits.bank is None:
-        raise UserError(f"{cfg.dataset} at {cfg.data_dir} has no labeled train and test splits")
+@dataclass
+class Encoder:
+    """What a protocol on data of its own (detection) is given."""
 
-    device = inference_device(cfg.accelerator)
-    normalize = DATASETS[cfg.dataset].normalize
-    transform = eval_transform(splits.image_size, normalize)
-    protocols = ["knn", "linear", "finetune"] if cfg.protocol == "all" else [cfg.protocol]
-    pool_ids = image_ids(splits.bank, cfg.data_dir)
-    labeling = "finetune" in protocols or cfg.few_labels
-    if labeling:
-        check_budget(cfg, pool_ids, dataset_labels(splits.bank))
-    seconds: dict[str, float] = {}
+    cfg: EvalConfig
+    model: nn.Module
+    meta: dict
+    out_dir: Path
 
-    tic = time.time()
-    train_x, train_y = extract_features(
-        model, Transformed(splits.bank, transform), cfg, device, "train features"
-    )
-    test_x, test_y = extract_features(
-        model, Transformed(splits.test, transform), cfg, device, "test features"
-    )
-    seconds["features"] = time.time() - tic
+
+def scored_features(cfg: EvalConfig, protocols: list, model: nn.Module, meta: dict,
+                    out_dir: Path) -> dict:  # fmt: skip
+    """The feature protocols on one bench, with label-free metrics and the embedding plot."""
+    labeling = any(p.labeled_subset for p in protocols) or cfg.few_labels
+    bench = FeatureBench(cfg, model, meta, out_dir, labeling)
     results: dict[str, dict] = {}
-
-    def accuracy(logits: torch.Tensor) -> dict[str, float]:
-        return dict(zip(("top1", "top5"), topk_accuracy(logits, test_y), strict=True))
-
-    def linear_probe(x: torch.Tensor, y: torch.Tensor):
-        """A probe on these training features: (classifier, mean, std) and its test accuracy."""
-        probe = train_linear_probe(x, y, splits.num_classes, cfg.linear_epochs, seed=cfg.seed)
-        classifier, mean, std = probe
-        with torch.no_grad():
-            return probe, accuracy(classifier((test_x - mean) / std))
-
-    labeled = None
-    if labeling:
-        pool = Pool(pool_ids, image_digests(splits.bank), train_x, train_y.numpy(),
-                    splits.num_classes, lambda i: splits.bank[i][0])  # fmt: skip
-        labeled, selection = choose_labeled(cfg, pool, cfg.encoder_id(), out_dir)
-        results["selection"] = {k: selection[k] for k in ("rule", "labels")}
-        seconds["selection"] = selection.get("seconds", 0.0)
-    if "knn" in protocols:
-        tic = time.time()
-        scores = knn_scores(test_x, train_x, train_y, splits.num_classes, cfg.knn_k, cfg.knn_t)
-        results["knn"] = accuracy(scores)
-        seconds["knn"] = time.time() - tic
-    if "linear" in protocols:
-        tic = time.time()
-        chosen = labeled if cfg.few_labels else slice(None)
-        _, results["linear"] = linear_probe(train_x[chosen], train_y[chosen])
-        seconds["linear"] = time.time() - tic
-    if "finetune" in protocols:
-        tic = time.time()
-        indices = labeled
-        probe, probed = linear_probe(train_x[indices], train_y[indices])
-
-        def tune(images: list[int], targets: torch.Tensor | None = None):
-            return finetune(
-                model, probe_as_head(*probe), splits.bank, images, splits.image_size,
-                normalize, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size, cfg.num_workers,
-                cfg.seed, cfg.accelerator, targets,
-            )  # fmt: skip
-
-        averaged, end, flops = tune(indices)
-
-        def tested(classifier: nn.Module, desc: str) -> dict[str, float]:
-            logits, _ = extract_features(classifier, Transformed(splits.test, transform), cfg,
-                                         device, desc)  # fmt: skip
-            return accuracy(logits)
-
-        results["finetune"] = {
-            **tested(averaged, "fine-tuned"),
-            "label_fraction": cfg.label_fraction,
-            "labels": len(indices),
-            # The same labels, the backbone frozen: what fine-tuning must beat (and starts from).
-            "linear_same_labels": probed,
-            # The last step's weights, before the average with the start (finetune.py's WiSE-FT).
-            "end_of_finetuning": tested(end, "fine-tuned, end"),
-            "gflops": gflops(flops),
-        }
-        seconds["finetune"] = time.time() - tic
-        if cfg.self_train:
-            tic = time.time()
-            teacher, _ = extract_features(averaged, Transformed(splits.bank, transform), cfg,
-                                          device, "pseudo-labels")  # fmt: skip
-            targets, quality = soft_pseudo_labels(teacher, train_y, indices)
-            # The student starts where the teacher did (encoder and probe head) and trains on
-            # every training image: the labeled ones with their labels, the rest with soft ones.
-            student, student_end, student_flops = tune(list(range(len(train_y))), targets)
-            results["finetune"]["self_train"] = {
-                **tested(student, "self-trained"),
-                **quality,
-                "end_of_training": tested(student_end, "self-trained, end"),
-                "gflops": gflops(student_flops),
-            }
-            seconds["self_train"] = time.time() - tic
-
-    # Label-free metrics on the test features; alignment needs two augmented views of each image.
-    tic = time.time()
-    pair_views = build_views("simclr", splits.image_size, normalize, {"gaussian_blur": 0.0})
-    views, _ = extract_features(
-        model, Transformed(splits.test, pair_views), cfg, device, "view pairs"
-    )
-    label_free = label_free_metrics(test_x, (views[0], views[1]), splits.num_classes, cfg.seed)
-    seconds["label_free"] = time.time() - tic
-    plot_path = None
-    if cfg.plot:
-        title = f"{cfg.checkpoint} on {cfg.dataset} (test split)"
-        plot_path = str(embedding_plot(test_x, test_y, out_dir / "embedding.png", title, cfg.seed))
-
-    first = results[protocols[0]]
+    if bench.selection is not None:
+        results["selection"] = bench.selection
+    for protocol in protocols:
+        results[protocol.name] = protocol.run(bench)
+    label_free = bench.label_free()
+    plot_path = bench.plot()
+    names = [p.name for p in protocols]
+    first = results[names[0]]
     return {
         # With --protocol all, top1/top5 are per protocol; otherwise the protocol's own figures.
-        "top1": first["top1"]
-        if len(protocols) == 1
-        else {p: results[p]["top1"] for p in protocols},
-        "top5": first["top5"]
-        if len(protocols) == 1
-        else {p: results[p]["top5"] for p in protocols},
+        "top1": first["top1"] if len(names) == 1 else {p: results[p]["top1"] for p in names},
+        "top5": first["top5"] if len(names) == 1 else {p: results[p]["top5"] for p in names},
         **label_free,
         "results": results,
-        "seconds_per_protocol": {k: round(v, 1) for k, v in seconds.items()},
+        "seconds_per_protocol": {k: round(v, 1) for k, v in bench.seconds.items()},
         "plot": plot_path,
         # Training FLOPs of the evaluation (fine-tuning); extracting features is not counted.
         "gflops": results.get("finetune", {}).get("gflops", 0.0)
