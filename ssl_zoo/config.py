@@ -91,61 +91,25 @@ def check_precision(precision: str) -> None:
         raise UserError(f"unknown precision '{precision}'; valid choices: {', '.join(valid)}")
 
 
-@dataclass
-class RunConfig:
-    """What every run shares: method, data, views, backbone, optimisation, seeds and logging.
+@dataclass(kw_only=True)
+class OptionGroup:
+    """The options of one concern; a config is made of groups (train.py's and federate.py's of
+    all, evaluate.py's of those it shares), so each option is declared once."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class LogOptions(OptionGroup):
+    """Seeds, where the run writes, and what it logs.
 
     Args:
-        method: SSL method (simclr, mocov2, nnclr, byol, simsiam, dino, vicreg, barlowtwins, swav, rotnet).
-        method_args: The method's own hyper-parameters (temperature, projector sizes, momentum...).
-        dataset: synthetic, scenes (street scenes, ssl_zoo/scenes.py), cifar10, cifar100, stl10,
-            imagefolder, or coco (the photos of a COCO detection layout, each labeled by its
-            largest object for the monitor and non-IID partitions; the boxes are not read).
-        data_dir: Dataset root (torchvision files, DIR/train/<class>/* for imagefolder, or
-            DIR/annotations + DIR/train + DIR/val for coco).
-        image_size: Side of the training views in pixels; default: the dataset's own.
-        train_samples: Use at most this many training images (synthetic: generate this many).
-        test_samples: Use at most this many test images for the monitor (synthetic: generate this many).
-        views: Options of the method's lightly view transform (e.g. gaussian_blur, min_scale).
-        augment: batched (lightly's views as tensor ops on in-memory uint8 batches, on the training
-            device) or pil (lightly's PIL transforms in DataLoader workers, for data too big for memory).
-        hard_views: Hard View Selection: draw N view pairs per image, train on the hardest (1: off).
-        backbone: resnet18/resnet34/resnet50 (torchvision) or timm:<model name>.
-        backbone_args: Keyword arguments of the backbone's constructor, e.g. {output_stride: 16}
-            for a timm ResNet (keeps a 2x2 map in the last stage of 32-px images).
-        cifar_stem: 3x3 stride-1 stem without max-pool for torchvision ResNets; default: on for <=64 px.
-        channels_last: Train in NHWC memory format (faster convolutions on CPU and GPU).
-        compile: Compile the backbone with torch.compile (inductor); the first steps, and the first
-            kNN monitor, wait for compilation (about a minute for a ResNet-18 on 2 CPU cores).
-        pretrained: true: start from the backbone library's pretrained weights (needs them
-            downloaded); a path: from another ssl_zoo run's backbone.pt of this architecture
-            (e.g. a recipe trained on other photos).
-        batch_size: Images per step (each yields two or more views).
-        optimizer: sgd, lars or adamw.
-        lr: Peak learning rate (absolute, not scaled by batch size).
-        weight_decay: Weight decay (not applied to biases and normalisation layers).
-        warmup_fraction: Fraction of training spent in linear learning-rate warm-up.
-        knn_k: Neighbours of the kNN monitor.
-        knn_t: Temperature of the kNN monitor's weighted vote.
-        num_workers: DataLoader worker processes.
-        accelerator: auto, cpu, gpu, ...
-        precision: Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed.
-        max_epochs: train.py: epochs to train. A federation's compute is set by rounds x
-            local_epochs instead; federate.py accepts the key so one method YAML serves both.
-        max_time: Wall-clock budget in minutes (train.py: of training; federate.py: of all rounds);
-            the learning-rate and momentum schedules anneal to fit it. None: no budget.
-        knn_every_n_epochs: train.py: run the kNN monitor every N epochs (and always at the end).
-            A federation evaluates its global model after every round.
-        checkpoint_minutes: train.py: besides after every monitor epoch, checkpoint at least this
-            often within long epochs, so a killed run loses little.
-        collapse: What to do when the embeddings collapse (their spread stays under 5% of a
-            uniform spread for collapse_steps steps): warn, stop (exit 2, keeping the last
-            checkpoint; a federated client is dropped from its round) or off.
-        collapse_steps: Consecutive collapsed training steps before `collapse` acts.
-        seed: Seed of initialisation, augmentation and data order.
-        output_dir: Run directory; default runs/<method>-<dataset>-<time>.
-        resume: Continue the run in output_dir from its last checkpoint.
-        logger: csv (always written) or wandb (CSV too; offline without an API key).
+        seed: Seed of everything random in the run (initialisation, views, data order, subsets,
+            probes).
+        output_dir: Where the run writes; default: runs/<method>-<dataset>-<time> (evaluate.py:
+            beside the checkpoint).
+        logger: csv (always written) or wandb (also a W&B run; offline without an API key).
         wandb_project: W&B project.
         wandb_group: W&B group, to compare runs side by side.
         wandb_tags: W&B tags.
@@ -154,44 +118,8 @@ class RunConfig:
         energy_args: Passed to codecarbon's OfflineEmissionsTracker (country_iso_code, pue, ...).
     """
 
-    # Options that moved (old name -> new dotted name): given, they are one line naming the new.
-    renamed: ClassVar[dict[str, str]] = {}
-
-    method: str = "simclr"
-    method_args: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    image_size: int | None = None
-    train_samples: int | None = None
-    test_samples: int | None = None
-    views: dict[str, Any] = field(default_factory=dict)
-    augment: str = "batched"
-    hard_views: int = 1
-    backbone: str = "resnet18"
-    backbone_args: dict[str, Any] = field(default_factory=dict)
-    cifar_stem: bool | None = None
-    pretrained: bool | str = False
-    channels_last: bool = True
-    compile: bool = False
-    batch_size: int = 256
-    optimizer: str = "sgd"
-    lr: float = 0.06
-    weight_decay: float = 5e-4
-    warmup_fraction: float = 0.0
-    knn_k: int = 200
-    knn_t: float = 0.1
-    max_epochs: int = 100
-    max_time: float | None = None
-    knn_every_n_epochs: int = 1
-    checkpoint_minutes: float = 10.0
-    collapse: str = "warn"
-    collapse_steps: int = 50
-    num_workers: int = 2
-    accelerator: str = "auto"
-    precision: str = "32-true"
     seed: int = 0
     output_dir: str | None = None
-    resume: bool = False
     logger: str = "csv"
     wandb_project: str = "ssl_zoo"
     wandb_group: str | None = None
@@ -200,11 +128,164 @@ class RunConfig:
     track_energy: bool = True
     energy_args: dict[str, Any] = field(default_factory=dict)
 
+    def log_checks(self) -> list[tuple[bool, str]]:
+        # numpy seeds from 0 to 2**32 - 1
+        return [(0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed})")]
+
+
+@dataclass(kw_only=True)
+class MachineOptions(OptionGroup):
+    """Where the work runs.
+
+    Args:
+        accelerator: auto, cpu, gpu, ...
+        num_workers: DataLoader worker processes.
+    """
+
+    accelerator: str = "auto"
+    num_workers: int = 2
+
+
+@dataclass(kw_only=True)
+class KnnOptions(OptionGroup):
+    """The kNN classifier of the monitor and of evaluate.py.
+
+    Args:
+        knn_k: Neighbours of the kNN classifier (train.py, federate.py: of the monitor).
+        knn_t: Temperature of its weighted vote.
+    """
+
+    knn_k: int = 200
+    knn_t: float = 0.1
+
+
+@dataclass(kw_only=True)
+class DataOptions(OptionGroup):
+    """The images.
+
+    Args:
+        dataset: synthetic, scenes (street scenes, ssl_zoo/scenes.py), cifar10, cifar100, stl10,
+            imagefolder, or coco (the photos of a COCO detection layout, each labeled by its
+            largest object for the monitor and non-IID partitions; the boxes are not read).
+        data_dir: Dataset root (torchvision files, DIR/train/<class>/* for imagefolder, or
+            DIR/annotations + DIR/train + DIR/val for coco).
+        image_size: Side of the images in pixels; default: the dataset's own (evaluate.py: the
+            checkpoint's).
+        train_samples: Use at most this many training images (synthetic: generate this many).
+        test_samples: Use at most this many test images (synthetic: generate this many).
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    image_size: int | None = None
+    train_samples: int | None = None
+    test_samples: int | None = None
+
+
+@dataclass(kw_only=True)
+class OptimOptions(OptionGroup):
+    """Optimisation and its budget.
+
+    Args:
+        batch_size: Images per step (each yields two or more views).
+        optimizer: sgd, lars or adamw.
+        lr: Peak learning rate (absolute, not scaled by batch size).
+        weight_decay: Weight decay (not applied to biases and normalisation layers).
+        warmup_fraction: Fraction of training spent in linear learning-rate warm-up.
+        max_epochs: train.py: epochs to train. A federation's compute is set by rounds x
+            local_epochs instead; federate.py accepts the key so one method YAML serves both.
+        max_time: Wall-clock budget in minutes (train.py: of training; federate.py: of all rounds);
+            the learning-rate and momentum schedules anneal to fit it. None: no budget.
+        precision: Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed.
+        collapse: What to do when the embeddings collapse (their spread stays under 5% of a
+            uniform spread for collapse_steps steps): warn, stop (exit 2, keeping the last
+            checkpoint; a federated client is dropped from its round) or off.
+        collapse_steps: Consecutive collapsed training steps before `collapse` acts.
+    """
+
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.06
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.0
+    max_epochs: int = 100
+    max_time: float | None = None
+    precision: str = "32-true"
+    collapse: str = "warn"
+    collapse_steps: int = 50
+
+
+@dataclass(kw_only=True)
+class BackboneOptions(OptionGroup):
+    """The backbone.
+
+    Args:
+        backbone: resnet18/resnet34/resnet50 (torchvision) or timm:<model name>.
+        backbone_args: Keyword arguments of the backbone's constructor, e.g. {output_stride: 16}
+            for a timm ResNet (keeps a 2x2 map in the last stage of 32-px images).
+        cifar_stem: 3x3 stride-1 stem without max-pool for torchvision ResNets; default: on for <=64 px.
+        pretrained: true: start from the backbone library's pretrained weights (needs them
+            downloaded); a path: from another ssl_zoo run's backbone.pt of this architecture
+            (e.g. a recipe trained on other photos).
+        channels_last: Train in NHWC memory format (faster convolutions on CPU and GPU).
+        compile: Compile the backbone with torch.compile (inductor); the first steps, and the first
+            kNN monitor, wait for compilation (about a minute for a ResNet-18 on 2 CPU cores).
+    """
+
+    backbone: str = "resnet18"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    cifar_stem: bool | None = None
+    pretrained: bool | str = False
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass(kw_only=True)
+class MethodOptions(OptionGroup):
+    """The SSL method and its views.
+
+    Args:
+        method: SSL method (simclr, mocov2, nnclr, byol, simsiam, dino, vicreg, barlowtwins, swav, rotnet).
+        method_args: The method's own hyper-parameters (temperature, projector sizes, momentum...).
+        views: Options of the method's lightly view transform (e.g. gaussian_blur, min_scale).
+        augment: batched (lightly's views as tensor ops on in-memory uint8 batches, on the training
+            device) or pil (lightly's PIL transforms in DataLoader workers, for data too big for memory).
+        hard_views: Hard View Selection: draw N view pairs per image, train on the hardest (1: off).
+    """
+
+    method: str = "simclr"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, Any] = field(default_factory=dict)
+    augment: str = "batched"
+    hard_views: int = 1
+
+
+# The groups listed last come first in --help (and in config.yaml): the method, then its data.
+@dataclass(kw_only=True)
+class RunConfig(LogOptions, MachineOptions, KnnOptions, OptimOptions, BackboneOptions, DataOptions,
+                MethodOptions):  # fmt: skip
+    """What every training run shares: method, data, views, backbone, optimisation, monitor,
+    seeds and logging.
+
+    Args:
+        knn_every_n_epochs: train.py: run the kNN monitor every N epochs (and always at the end).
+            A federation evaluates its global model after every round.
+        checkpoint_minutes: train.py: besides after every monitor epoch, checkpoint at least this
+            often within long epochs, so a killed run loses little.
+        resume: Continue the run in output_dir from its last checkpoint.
+    """
+
+    # Options that moved (old name -> new dotted name): given, they are one line naming the new.
+    renamed: ClassVar[dict[str, str]] = {}
+
+    knn_every_n_epochs: int = 1
+    checkpoint_minutes: float = 10.0
+    resume: bool = False
+
     def checks(self) -> list[tuple[bool, str]]:
         return [
             (self.batch_size >= 2, f"batch_size must be >= 2 (got {self.batch_size})"),
-            # numpy seeds from 0 to 2**32 - 1
-            (0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed})"),
+            *self.log_checks(),
             (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             *data_checks(self),
@@ -230,9 +311,6 @@ class RunConfig:
         check_accelerator(self.accelerator)
         check_precision(self.precision)
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def data_checks(cfg) -> list[tuple[bool, str]]:
     """What train.py, federate.py and evaluate.py check alike: the kNN classifier's options, and
@@ -253,7 +331,7 @@ def raise_first_failure(checks: list[tuple[bool, str]]) -> None:
 STRATEGIES = ("auto", "ddp")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig(RunConfig):
     """Centralized SSL pre-training with an online kNN monitor.
 

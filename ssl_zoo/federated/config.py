@@ -16,7 +16,7 @@ from ssl_zoo.federated.server_optimizer import SERVER_OPTIMIZERS
 ENGINES = ("embedded", "flower")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FedConfig(RunConfig):
     """Federated SSL: clients train the same method modules as train.py; a federated algorithm
     (ssl_zoo/federated/algorithms) says how they merge the global model and how the server

@@ -5,22 +5,19 @@ and the final global model's backbone.pt and summary.json."""
 from __future__ import annotations
 
 import csv
-import json
-import time
 from pathlib import Path
 
 import lightning.pytorch as L
 
 from ssl_zoo.backbones import save_backbone
 from ssl_zoo.components import Components, build_components
-from ssl_zoo.config import write_atomically
-from ssl_zoo.cost import EnergyMeter, peak_rss_mb
 from ssl_zoo.curves import round_curves
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.errors import UserError
 from ssl_zoo.federated.algorithms import Stack, build_algorithm
 from ssl_zoo.federated.config import FedConfig
 from ssl_zoo.federated.partition import class_histograms, partition, plot_histograms
+from ssl_zoo.lifecycle import RunLife
 
 
 def build_federation(cfg: FedConfig) -> tuple[Components, list, Stack]:
@@ -52,16 +49,10 @@ def write_partition(run_dir: Path, labels, clients, num_classes: int, title: str
     return histograms
 
 
-def finish_run(
-    cfg: FedConfig,
-    parts: Components,
-    state,
-    run_dir: Path,
-    start: float,
-    energy: EnergyMeter | None = None,
-) -> dict:
+def finish_run(cfg: FedConfig, parts: Components, state, life: RunLife, wandb_run=None) -> dict:
     """backbone.pt of the final global model, rounds.png and summary.json (written last: the run
     finished)."""
+    run_dir = life.run_dir
     parts.model.load_state_dict(state.global_state)
     save_backbone(run_dir / "backbone.pt", parts.model.backbone, parts.spec,
                   feature_dim=parts.model.feature_dim, **parts.meta,
@@ -89,16 +80,12 @@ def finish_run(
         "bytes_down": sum(r["bytes_down"] for r in trained),
         # (a run resumed from a checkpoint older than the FLOP count has rows without one)
         "gflops": round(sum(r.get("gflops") or 0 for r in trained), 3),
-        "peak_rss_mb": peak_rss_mb(),
-        # (None: a deployment, whose clients spend their energy on machines of their own)
-        **(energy or EnergyMeter(enabled=False)).stop(),
         "seconds_per_round": round(sum(r["seconds"] for r in trained) / max(len(trained), 1), 1),
-        "run_dir": str(run_dir),
-        "seconds": round(time.time() - start, 1),
+        # (energy None: a deployment, whose clients spend it on machines of their own)
+        **life.cost(),
     }
     round_curves(
         run_dir,
         f"{cfg.method}, {cfg.fed_algorithm}, {cfg.partition} over {cfg.num_clients} clients",
     )
-    write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2))
-    return summary
+    return life.finish(summary, wandb_run)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import time
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from ssl_zoo.federated.config import FedConfig
 from ssl_zoo.federated.federation import build_federation, finish_run
 from ssl_zoo.federated.loop import FedState, run_rounds
 from ssl_zoo.federated.records import to_record, to_state
+from ssl_zoo.lifecycle import RunLife
 
 log = logging.getLogger("ssl_zoo.federated")
 _CACHE: dict[str, tuple] = {}
@@ -225,11 +225,12 @@ client_app = ClientApp()
 def _deployed_server(grid: Grid, context: Context) -> None:
     from ssl_zoo.components import prepare_run_dir
 
-    start = time.time()
     cfg = config_from_run(context)
     run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="flower-")
-    state = run_server(cfg, grid, run_dir)
-    summary = finish_run(cfg, _federation(cfg)[0], state, run_dir, start)
+    # The server's energy is not the federation's: its clients train on machines of their own.
+    with RunLife(cfg, run_dir, "federated", track_energy=False) as life:
+        state = run_server(cfg, grid, run_dir)
+        summary = finish_run(cfg, _federation(cfg)[0], state, life)
     log.warning("finished: %s", json.dumps(summary))
 
 

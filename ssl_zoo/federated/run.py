@@ -4,31 +4,22 @@ backbone.pt and summary.json."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import yaml
-
 from ssl_zoo.components import check_before_work, check_devices, ddp_copy, prepare_run_dir
-from ssl_zoo.cost import EnergyMeter
 from ssl_zoo.data import dataset_labels
 from ssl_zoo.federated.config import FedConfig
 from ssl_zoo.federated.federation import build_federation, finish_run, write_partition
 from ssl_zoo.federated.loop import run_rounds
+from ssl_zoo.lifecycle import RunLife
 
 
 class WandbRounds:
     """One W&B run per experiment: per-round metrics, the partition table and picture."""
 
-    def __init__(self, cfg: FedConfig, run_dir: Path, histograms):
+    def __init__(self, life: RunLife, histograms):
         import wandb
 
-        from ssl_zoo.loggers import wandb_mode
-
-        self.run = wandb.init(project=cfg.wandb_project, group=cfg.wandb_group,
-                              tags=list(cfg.wandb_tags) or None, name=cfg.wandb_name or run_dir.name,
-                              dir=str(run_dir), mode=wandb_mode(), config=cfg.as_dict(),
-                              job_type="federated")  # fmt: skip
+        self.run = life.start_wandb()
+        run_dir = life.run_dir
         columns = ["client", *[f"class_{c}" for c in range(histograms.shape[1])]]
         table = wandb.Table(
             columns=columns, data=[[i, *r.tolist()] for i, r in enumerate(histograms)]
@@ -40,19 +31,14 @@ class WandbRounds:
     def __call__(self, row: dict) -> None:
         self.run.log({f"round/{k}": v for k, v in row.items() if v is not None}, step=row["round"])
 
-    def finish(self, summary: dict) -> None:
-        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
-        self.run.finish()
-
 
 def federate(cfg: FedConfig) -> dict | None:
     """The run's summary; None in the copies that DDP starts for clients on several devices."""
-    start = time.time()
     check_before_work(cfg)
     check_devices(cfg.accelerator, cfg.devices)
     copy = ddp_copy()
     run_dir = prepare_run_dir(cfg, progress="fed_state.pt", prefix="fed-")
-    with EnergyMeter(cfg.track_energy and not copy, cfg.energy_args) as energy:
+    with RunLife(cfg, run_dir, "federated", track_energy=cfg.track_energy and not copy) as life:
         parts, clients, algorithm = build_federation(cfg)
         if copy:  # trains its share of every client's fit; the first process writes the run
             run_rounds(cfg, parts, algorithm, clients, run_dir)
@@ -62,18 +48,15 @@ def federate(cfg: FedConfig) -> dict | None:
             f" (alpha {cfg.alpha})" if cfg.partition == "dirichlet" else ""
         )
         histograms = write_partition(run_dir, labels, clients, parts.splits.num_classes, title)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
-        wandb = WandbRounds(cfg, run_dir, histograms) if cfg.logger == "wandb" else None
+        life.snapshot()
+        wandb = WandbRounds(life, histograms) if cfg.logger == "wandb" else None
 
         if cfg.engine == "embedded":
-            state = run_rounds(cfg, parts, algorithm, clients, run_dir, wandb, energy=energy)
+            state = run_rounds(cfg, parts, algorithm, clients, run_dir, wandb, energy=life.energy)
         else:
             # Flower (and Ray behind it) is imported only by runs that use it.
             from ssl_zoo.federated.flower import run_flower_simulation
 
-            state = run_flower_simulation(cfg, parts, clients, algorithm, run_dir, wandb, energy)
-
-        summary = finish_run(cfg, parts, state, run_dir, start, energy)
-        if wandb is not None:
-            wandb.finish(summary)
-        return summary
+            state = run_flower_simulation(cfg, parts, clients, algorithm, run_dir, wandb,
+                                          life.energy)  # fmt: skip
+        return finish_run(cfg, parts, state, life, wandb and wandb.run)

@@ -4,8 +4,6 @@ checkpoints of ssl_zoo runs, and random init."""
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,24 +14,27 @@ from torch import nn
 from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, load_backbone
 from ssl_zoo.config import (
     LOGGERS,
+    DataOptions,
+    KnnOptions,
+    LogOptions,
+    MachineOptions,
     check_accelerator,
     data_checks,
     json_entry_point,
     make_output_dir,
     raise_first_failure,
-    write_atomically,
 )
-from ssl_zoo.cost import EnergyMeter, peak_rss_mb
 from ssl_zoo.data import DATASETS
 from ssl_zoo.errors import UserError, run_main, unknown_choice
 from ssl_zoo.evaluation.bench import FeatureBench
 from ssl_zoo.evaluation.protocols import PROTOCOLS, build_protocols
 from ssl_zoo.evaluation.selection import LABEL_FREE, RULES, file_hash
-from ssl_zoo.loggers import wandb_mode
+from ssl_zoo.lifecycle import RunLife
 
 
-@dataclass
-class EvalConfig:
+# The groups listed last come first in --help: the data, then the kNN classifier, ...
+@dataclass(kw_only=True)
+class EvalConfig(LogOptions, MachineOptions, KnnOptions, DataOptions):
     """Evaluate an encoder on a labeled dataset.
 
     Args:
@@ -42,18 +43,10 @@ class EvalConfig:
             (ssl_zoo/evaluation/protocols.py).
         protocol_args: Options of the protocol that are not options here (a protocol's options
             are its constructor's keywords; docs/extending.md).
-        dataset: synthetic, scenes, cifar10, cifar100, stl10, imagefolder or coco; detection: scenes
-            (synthetic street scenes with boxes) or coco (COCO detection JSON under data_dir).
-        data_dir: Dataset root.
         backbone: Backbone name; required with --checkpoint random, checked against a checkpoint.
         backbone_args: Keyword arguments of the backbone's constructor, e.g. {output_stride: 16}:
             with --checkpoint random, those of the pretrained backbone it stands beside (its
             spec in backbone.pt), so both have one architecture; checked against a checkpoint.
-        image_size: Input size; default: the checkpoint's, else the dataset's.
-        train_samples: Use at most this many training images.
-        test_samples: Use at most this many test images.
-        knn_k: Neighbours of the kNN classifier.
-        knn_t: Temperature of its weighted vote.
         linear_epochs: Epochs of the linear probe on precomputed features.
         label_fraction: Fraction of the training images to label for fine-tuning, in (0, 1]
             (--select balanced: of each class); detection: of the training images.
@@ -84,30 +77,13 @@ class EvalConfig:
         plot: Write embedding.png (t-SNE of the test features coloured by class), or
             detections.png (predicted boxes on validation images).
         batch_size: Images per forward pass.
-        num_workers: DataLoader worker processes.
-        accelerator: auto, cpu, gpu, ...
-        seed: Seed of random initialisation, subsets and probes.
-        output_dir: Where results.json goes; default: beside the checkpoint.
-        logger: csv (results.json only) or wandb (also a W&B run with metrics and the plot).
-        wandb_project: W&B project.
-        wandb_group: W&B group.
-        wandb_tags: W&B tags.
-        track_energy: Measure the evaluation's energy with codecarbon (ssl_zoo/cost.py).
-        energy_args: Passed to codecarbon's OfflineEmissionsTracker (country_iso_code, pue, ...).
     """
 
     checkpoint: str
     protocol: str = "knn"
     protocol_args: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "synthetic"
-    data_dir: str | None = None
     backbone: str | None = None
     backbone_args: dict[str, Any] | None = None
-    image_size: int | None = None
-    train_samples: int | None = None
-    test_samples: int | None = None
-    knn_k: int = 200
-    knn_t: float = 0.1
     linear_epochs: int = 100
     label_fraction: float = 0.01
     labels: int | None = None
@@ -127,16 +103,6 @@ class EvalConfig:
     trainable_bn: bool = False
     plot: bool = True
     batch_size: int = 256
-    num_workers: int = 2
-    accelerator: str = "auto"
-    seed: int = 0
-    output_dir: str | None = None
-    logger: str = "csv"
-    wandb_project: str = "ssl_zoo"
-    wandb_group: str | None = None
-    wandb_tags: list[str] = field(default_factory=list)
-    track_energy: bool = True
-    energy_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         protocols = build_protocols(self)  # their names and options, before any work
@@ -147,8 +113,7 @@ class EvalConfig:
             raise unknown_choice("dataset", self.dataset, DATASETS)
         if self.logger not in LOGGERS:
             raise unknown_choice("logger", self.logger, LOGGERS)
-        if not 0 <= self.seed < 2**32:  # numpy's range
-            raise UserError(f"seed must be in [0, 2**32) (got {self.seed})")
+        raise_first_failure(self.log_checks())
         if not 0 < self.label_fraction <= 1:
             raise UserError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.select not in RULES:
@@ -209,14 +174,13 @@ def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    start = time.time()
     L.seed_everything(cfg.seed, verbose=False)
     check_accelerator(cfg.accelerator, present=True)
-    with EnergyMeter(cfg.track_energy, cfg.energy_args) as energy:
-        out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
-        if cfg.checkpoint == "random" and cfg.output_dir is None:
-            out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
-        make_output_dir(out_dir)
+    out_dir = Path(cfg.output_dir or Path(cfg.checkpoint).parent)
+    if cfg.checkpoint == "random" and cfg.output_dir is None:
+        out_dir = Path("runs") / f"eval-random-{cfg.backbone.replace(':', '_')}-{cfg.dataset}"
+    make_output_dir(out_dir)
+    with RunLife(cfg, out_dir, "evaluation", summary_file="results.json") as life:
         model, _, meta = load_encoder(cfg)
         protocols = build_protocols(cfg)
         if protocols[0].on_features:
@@ -229,14 +193,20 @@ def evaluate(cfg: EvalConfig) -> dict:
             "checkpoint": cfg.checkpoint,
             "backbone": meta["spec"]["name"],
             **found,
-            "peak_rss_mb": peak_rss_mb(),
-            **energy.stop(),
-            "seconds": round(time.time() - start, 1),
+            **life.cost(with_run_dir=False),
         }
-        write_atomically(out_dir / "results.json", json.dumps(summary, indent=2))
+        wandb_run, per_protocol = None, {}
         if cfg.logger == "wandb":
-            log_to_wandb(cfg, summary, out_dir)
-        return summary
+            wandb_run = life.start_wandb(
+                f"eval-{cfg.protocol}-{Path(cfg.checkpoint).parent.name or cfg.checkpoint}"
+            )
+            for protocol, values in summary["results"].items():
+                per_protocol.update({f"{protocol}/{k}": v for k, v in values.items()})
+            if summary["plot"]:
+                import wandb
+
+                wandb_run.log({Path(summary["plot"]).stem: wandb.Image(summary["plot"])})
+        return life.finish(summary, wandb_run, wandb_also=per_protocol)
 
 
 @dataclass
@@ -275,28 +245,6 @@ def scored_features(cfg: EvalConfig, protocols: list, model: nn.Module, meta: di
         "gflops": results.get("finetune", {}).get("gflops", 0.0)
         + results.get("finetune", {}).get("self_train", {}).get("gflops", 0.0),
     }
-
-
-def log_to_wandb(cfg: EvalConfig, summary: dict, out_dir: Path) -> None:
-    import wandb
-
-    run = wandb.init(
-        project=cfg.wandb_project,
-        group=cfg.wandb_group,
-        tags=list(cfg.wandb_tags) or None,
-        name=f"eval-{cfg.protocol}-{Path(cfg.checkpoint).parent.name or cfg.checkpoint}",
-        dir=str(out_dir),
-        mode=wandb_mode(),
-        config=asdict(cfg),
-        job_type="evaluation",
-    )
-    flat = {k: v for k, v in summary.items() if isinstance(v, int | float)}
-    for protocol, values in summary["results"].items():
-        flat.update({f"{protocol}/{k}": v for k, v in values.items()})
-    run.summary.update(flat)
-    if summary["plot"]:
-        run.log({Path(summary["plot"]).stem: wandb.Image(summary["plot"])})
-    run.finish()
 
 
 main = json_entry_point(EvalConfig, evaluate, prog="evaluate.py")

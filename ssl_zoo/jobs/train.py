@@ -6,14 +6,11 @@ curves.png and summary.json; summary.json is written last, so its presence marks
 
 from __future__ import annotations
 
-import json
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import lightning.pytorch as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -25,11 +22,12 @@ from ssl_zoo.components import (
     ddp_copy,
     prepare_run_dir,
 )
-from ssl_zoo.config import TrainConfig, json_entry_point, replacing, write_atomically
-from ssl_zoo.cost import CostSoFar, EnergyMeter, StepFlops, TimeSplit, gflops, peak_rss_mb
+from ssl_zoo.config import TrainConfig, json_entry_point, replacing
+from ssl_zoo.cost import CostSoFar, StepFlops, TimeSplit, gflops
 from ssl_zoo.curves import training_curves
 from ssl_zoo.data import SSLDataModule
 from ssl_zoo.errors import UserError, run_main
+from ssl_zoo.lifecycle import RunLife
 from ssl_zoo.loggers import build_loggers, prepend_csv_rows, read_csv_rows, wandb_logger
 from ssl_zoo.monitor import OnlineMonitor
 from ssl_zoo.resume import ResumableRun
@@ -55,12 +53,11 @@ def final_monitor(trainer: L.Trainer, model, datamodule, monitor: OnlineMonitor)
 
 def train(cfg: TrainConfig) -> dict | None:
     """The run's summary; None in DDP's copies, where only the first process writes."""
-    start = time.time()
     check_before_work(cfg)
     check_devices(cfg.accelerator, cfg.devices)
     copy = ddp_copy()
     run_dir = prepare_run_dir(cfg, progress="checkpoints", prefix="")
-    with EnergyMeter(cfg.track_energy and not copy, cfg.energy_args) as energy:
+    with RunLife(cfg, run_dir, "train", track_energy=cfg.track_energy and not copy) as life:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
         parts = build_components(cfg)
@@ -69,7 +66,7 @@ def train(cfg: TrainConfig) -> dict | None:
             splits, parts.views, parts.normalize, cfg.batch_size, cfg.num_workers, cfg.seed
         )
         if not copy:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+            life.snapshot()
 
         last_ckpt = run_dir / "checkpoints" / "last.ckpt"
         earlier_rows: list[dict] = []
@@ -115,7 +112,7 @@ def train(cfg: TrainConfig) -> dict | None:
                 TQDMProgressBar(refresh_rate=1),
                 flops,
                 timing,
-                CostSoFar(flops, energy, kwh_before),
+                CostSoFar(flops, life.energy, kwh_before),
                 parts.monitor,
                 ResumableRun(cfg.seed, parts.meta),
             ],
@@ -158,10 +155,7 @@ def train(cfg: TrainConfig) -> dict | None:
             # A step's count is one device's; every device takes as many steps.
             "gflops_per_step": gflops(flops.total(1)),
             "gflops": gflops(flops.total(trainer.global_step) * trainer.world_size),
-            "peak_rss_mb": peak_rss_mb(),
-            **energy.stop(),
-            "run_dir": str(run_dir),
-            "seconds": round(time.time() - start, 1),
+            **life.cost(),
         }
         summary["seconds_split"] = timing.split(summary["seconds"])
         save_backbone(
@@ -175,22 +169,8 @@ def train(cfg: TrainConfig) -> dict | None:
             knn_top1=summary["knn_top1"],
         )
         training_curves(run_dir, f"{cfg.method} on {cfg.dataset}, {cfg.backbone}")
-        wandb = wandb_logger(loggers)
-        if wandb is not None:
-            finish_wandb(wandb, run_dir, summary)
-        write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2))
-        return summary
-
-
-def finish_wandb(logger, run_dir: Path, summary: dict) -> None:
-    import wandb
-
-    run = logger.experiment
-    run.summary.update({k: v for k, v in summary.items() if v is not None})
-    artifact = wandb.Artifact(f"backbone-{run.id}", type="model", metadata=summary)
-    artifact.add_file(str(run_dir / "backbone.pt"))
-    run.log_artifact(artifact)
-    run.finish()
+        wandb = wandb_logger(loggers)  # Lightning's, which logged every step
+        return life.finish(summary, wandb and wandb.experiment, run_dir / "backbone.pt")
 
 
 main = json_entry_point(TrainConfig, train, prog="train.py")
