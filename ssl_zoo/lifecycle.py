@@ -21,9 +21,6 @@ import yaml
 from ssl_zoo.config import write_atomically
 from ssl_zoo.cost import EnergyMeter, peak_rss_mb
 
-# What every summary ends with: the peak memory, the energy (codecarbon), where and how long.
-COST_FIELDS = ("peak_rss_mb", "energy_kwh", "energy_method", "co2_kg", "run_dir", "seconds")
-
 
 class RunLife:
     def __init__(self, cfg, run_dir: Path, job: str, track_energy: bool | None = None,
@@ -60,7 +57,8 @@ class RunLife:
                           mode=wandb_mode(), config=cfg.as_dict(), job_type=self.job)  # fmt: skip
 
     def cost(self, with_run_dir: bool = True) -> dict:
-        """What the run cost, measured now (the energy meter stops)."""
+        """What every summary ends with, measured now: the peak memory, the energy (codecarbon;
+        the meter stops), where the run wrote and how long it took."""
         spent = {"peak_rss_mb": peak_rss_mb(), **self.energy.stop()}
         if with_run_dir:
             spent["run_dir"] = str(self.run_dir)
