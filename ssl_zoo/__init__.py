@@ -24,11 +24,15 @@ import warnings
 
 # Lightning 2.6 on torch 2.14 warns about a torch pytree API on every fit; it is not ours to fix.
 warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-# Lightning advertises its cloud logger and model registry ("💡 Tip: ... install litlogger") on
-# every Trainer; nothing a user of this package can act on.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: "Tip:" not in record.getMessage()
-)
+# Lightning's notes that a user of this package cannot act on: its advertisement for its cloud
+# logger and model registry ("💡 Tip: ... install litlogger") and how it counts the schedule's
+# steps. They go through the logger of whichever Lightning package was imported last (lightly
+# imports pytorch_lightning too).
+_NOT_FOR_USERS = ("Tip:", "to estimate number of stepping batches")
+for _name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
+    logging.getLogger(f"{_name}.utilities.rank_zero").addFilter(
+        lambda record: not any(note in record.getMessage() for note in _NOT_FOR_USERS)
+    )
 
 
 def arguments(configs: tuple[str, ...], options: dict) -> list[str]:
