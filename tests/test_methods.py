@@ -21,10 +21,10 @@ NORMALIZE = {"mean": [0.5] * 3, "std": [0.3] * 3}
 
 
 def small_options(name: str) -> dict:
-    """The method's widths, queues and prototype counts above 64 cut to 64, so that a step of any
-    method, one added later included, takes milliseconds."""
-    return {k: 64 for k, v in method_options(name).items()
-            if type(v) is int and v > 64 and k.endswith(("_dim", "_size", "prototypes"))}  # fmt: skip
+    """The method's widths, queues and prototype counts above 128 cut to 128, so that a step of
+    any method, one added later included, takes milliseconds."""
+    return {k: 128 for k, v in method_options(name).items()
+            if type(v) is int and v > 128 and k.endswith(("_dim", "_size", "prototypes"))}  # fmt: skip
 
 
 SMALL = {name: small_options(name) for name in METHODS}
