@@ -103,7 +103,8 @@ def features_of(checkpoint: str, args) -> dict:
 
     from ssl_zoo.config import inference_device
     from ssl_zoo.data import DATASETS, Transformed, image_digests, image_ids, load_splits
-    from ssl_zoo.jobs.evaluate import extract_features, load_encoder
+    from ssl_zoo.evaluation.bench import extract_features
+    from ssl_zoo.jobs.evaluate import load_encoder
     from ssl_zoo.views import eval_transform
 
     cfg = eval_config(checkpoint, args)
