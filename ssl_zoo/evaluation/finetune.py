@@ -190,8 +190,6 @@ class FineTune(Protocol):
 
     def __init__(self, finetune_steps: int = 300, finetune_lr: float = 0.05,
                  linear_epochs: int = 100, self_train: bool = False):  # fmt: skip
-        if finetune_steps < 1 or linear_epochs < 1:
-            raise UserError("linear_epochs and finetune_steps must be >= 1")
         self.steps, self.lr, self.linear_epochs = finetune_steps, finetune_lr, linear_epochs
         self.self_train = self_train
 

@@ -131,8 +131,8 @@ class EvalConfig(LogOptions, MachineOptions, KnnOptions, DataOptions):
         raise_first_failure(data_checks(self))
         if self.batch_size < 1 or self.num_workers < 0:
             raise UserError("batch_size must be >= 1 and num_workers >= 0")
-        if self.linear_epochs < 1:
-            raise UserError("linear_epochs must be >= 1")
+        if self.linear_epochs < 1 or self.finetune_steps < 1:
+            raise UserError("linear_epochs and finetune_steps must be >= 1")
         check_accelerator(self.accelerator)
 
     @property
