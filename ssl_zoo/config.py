@@ -129,8 +129,14 @@ class LogOptions(OptionGroup):
     energy_args: dict[str, Any] = field(default_factory=dict)
 
     def log_checks(self) -> list[tuple[bool, str]]:
-        # numpy seeds from 0 to 2**32 - 1
-        return [(0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed})")]
+        return [
+            # numpy seeds from 0 to 2**32 - 1
+            (0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed})"),
+            (
+                self.logger in LOGGERS,
+                f"unknown logger '{self.logger}'; valid choices: {', '.join(LOGGERS)}",
+            ),
+        ]
 
 
 @dataclass(kw_only=True)
@@ -306,8 +312,6 @@ class RunConfig(LogOptions, MachineOptions, KnnOptions, OptimOptions, BackboneOp
 
     def validate(self) -> None:
         raise_first_failure(self.checks())
-        if self.logger not in LOGGERS:
-            raise UserError(f"unknown logger '{self.logger}'; valid choices: {', '.join(LOGGERS)}")
         check_accelerator(self.accelerator)
         check_precision(self.precision)
 

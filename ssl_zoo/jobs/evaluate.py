@@ -13,7 +13,6 @@ from torch import nn
 
 from ssl_zoo.backbones import BackboneSpec, build_backbone, default_cifar_stem, load_backbone
 from ssl_zoo.config import (
-    LOGGERS,
     DataOptions,
     KnnOptions,
     LogOptions,
@@ -111,8 +110,6 @@ class EvalConfig(LogOptions, MachineOptions, KnnOptions, DataOptions):
             raise unknown_choice(f"dataset for --protocol {self.protocol}", self.dataset, datasets)
         if datasets is None and self.dataset not in DATASETS:
             raise unknown_choice("dataset", self.dataset, DATASETS)
-        if self.logger not in LOGGERS:
-            raise unknown_choice("logger", self.logger, LOGGERS)
         raise_first_failure(self.log_checks())
         if not 0 < self.label_fraction <= 1:
             raise UserError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
