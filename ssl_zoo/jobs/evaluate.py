@@ -5,6 +5,7 @@ checkpoints of ssl_zoo runs, and random init."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,14 @@ class EvalConfig(LogOptions, MachineOptions, KnnOptions, DataOptions):
     plot: bool = True
     batch_size: int = 256
 
+    @cached_property
+    def protocols(self) -> list:
+        """The protocols --protocol names, with their options (built once: validate checks them
+        before any work)."""
+        return build_protocols(self)
+
     def validate(self) -> None:
-        protocols = build_protocols(self)  # their names and options, before any work
+        protocols = self.protocols
         datasets = protocols[0].datasets
         if datasets is not None and self.dataset not in datasets:
             raise unknown_choice(f"dataset for --protocol {self.protocol}", self.dataset, datasets)
@@ -146,7 +153,7 @@ class EvalConfig(LogOptions, MachineOptions, KnnOptions, DataOptions):
 
 def load_encoder(cfg: EvalConfig) -> tuple[nn.Module, int, dict]:
     if cfg.checkpoint == "random":
-        size = (build_protocols(cfg)[0].input_size or cfg.image_size
+        size = (cfg.protocols[0].input_size or cfg.image_size
                 or DATASETS[cfg.dataset].image_size or 32)  # fmt: skip
         spec = BackboneSpec(cfg.backbone, default_cifar_stem(cfg.backbone, size),
                             args=cfg.backbone_args or {})  # fmt: skip
@@ -179,7 +186,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     make_output_dir(out_dir)
     with RunLife(cfg, out_dir, "evaluation", summary_file="results.json") as life:
         model, _, meta = load_encoder(cfg)
-        protocols = build_protocols(cfg)
+        protocols = cfg.protocols
         if protocols[0].on_features:
             found = scored_features(cfg, protocols, model, meta, out_dir)
         else:
