@@ -86,18 +86,19 @@ def relative(path: str | Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path(__file__).resolve().parents[1])
 
 
-def run_once(script: str, args: list[str], done: Path) -> dict:
+def run_once(script: str, args: list[str], done: Path, what: str) -> dict:
     """An entry point of this repository run in a process of its own: the JSON in `done` if an
     earlier call finished it (so a killed benchmark resumes at the run it was in), else its last
     stdout line (the JSON summary), or {"error": its last stderr line}. The run's stderr (its
-    progress bars) streams to run.log beside `done`, to follow a run of hours."""
+    progress bars) streams to run.log beside `done`, to follow a run of hours. `what` names the
+    run in the one line printed for it."""
     if done.exists():
-        print(f"{done.parent}: finished run found, not run again", file=sys.stderr)
+        print(f"{what}: finished run found in {done.parent}, not run again", file=sys.stderr)
         return json.loads(done.read_text())
     root = Path(__file__).resolve().parents[1]
     done.parent.mkdir(parents=True, exist_ok=True)
     log = done.parent / "run.log"
-    print(f"  progress: tail -f {log}", file=sys.stderr, flush=True)
+    print(f"{what} ... (progress: tail -f {log})", file=sys.stderr, flush=True)
     with log.open("w") as err:
         proc = subprocess.run([sys.executable, str(root / script), *args], stdout=subprocess.PIPE,
                               stderr=err, text=True, cwd=root)  # fmt: skip

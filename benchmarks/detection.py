@@ -83,7 +83,8 @@ def main() -> None:
     pretrain = runs / "pretrain"
     summary = run_once("train.py", ["--config", "configs/detection/pretrain-scenes.yaml",
                                     *(QUICK_PRETRAIN if args.quick else []),
-                                    "--output_dir", str(pretrain)], pretrain / "summary.json")  # fmt: skip
+                                    "--output_dir", str(pretrain)], pretrain / "summary.json",
+                       "[pretrain] SimCLR on the generated scenes")  # fmt: skip
     if "error" in summary:
         raise SystemExit(f"error: pretraining failed: {summary['error']}")
     backbone = summary["backbone"]
@@ -94,12 +95,12 @@ def main() -> None:
     for fraction in fractions:
         for name, checkpoint in (("ssl", str(pretrain / "backbone.pt")), ("random", "random")):
             out = runs / f"{name}-{fraction:g}"
-            print(f"[detection] {name} backbone, {fraction:g} of the labels ...", file=sys.stderr)
             found = run_once("evaluate.py", ["--checkpoint", checkpoint, *spec,
                                              "--config", "configs/detection/scenes.yaml",
                                              "--label_fraction", str(fraction),
                                              *(QUICK_DETECTION if args.quick else []),
-                                             "--output_dir", str(out)], out / "results.json")  # fmt: skip
+                                             "--output_dir", str(out)], out / "results.json",
+                             f"[detection] {name} backbone, {fraction:g} of the labels")  # fmt: skip
             rows.append({**found, "init": name, "backbone": backbone, "label_fraction": fraction})
     title = (f"{command_stamp('benchmarks/detection.py')}; pretraining: kNN "
              f"{summary['knn_top1_init']:.3f} -> {summary['knn_top1']:.3f} (largest object), "

@@ -80,6 +80,9 @@ FLEETS = {
 QUICK_PRETRAIN = ["--train_samples", "24", "--test_samples", "16", "--image_size", "64",
                   "--views.input_size", "56", "--batch_size", "8", "--knn_k", "5",
                   "--num_workers", "0"]  # fmt: skip
+# The start (the CIFAR recipe) at its own 32 px, one epoch.
+QUICK_START = ["--train_samples", "24", "--test_samples", "16", "--max_epochs", "1",
+               "--max_time", "null", "--batch_size", "8", "--knn_k", "5", "--num_workers", "0"]  # fmt: skip
 QUICK_DETECT = ["--train_samples", "20", "--test_samples", "8", "--det_size", "96",
                 "--num_workers", "0"]  # fmt: skip
 
@@ -96,16 +99,13 @@ def pretrain_start(args) -> dict:
     """The SimCLR CPU recipe on cifar10-12k, trained here unless its run is there."""
     out = start_run(args)
     saved = out / "checkpoints" / "last.ckpt"
-    print(
-        f"[pretrain] SimCLR recipe on {relative(args.cifar_dir)} ...", file=sys.stderr, flush=True
-    )
     return run_once("train.py", ["--config", "configs/methods/simclr.yaml", "--dataset",
                                  "imagefolder", "--data_dir", args.cifar_dir, "--backbone",
                                  "timm:resnet18", "--track_energy", "false",
-                                 *(QUICK_PRETRAIN[:4] + ["--max_epochs", "1", "--max_time", "null",
-                                   "--batch_size", "8", "--knn_k", "5", "--num_workers", "0"] if args.quick else []),
+                                 *(QUICK_START if args.quick else []),
                                  "--output_dir", str(out), *(["--resume"] if saved.is_file() else [])],
-                    out / "summary.json")  # fmt: skip
+                    out / "summary.json",
+                    f"[pretrain] SimCLR recipe on {relative(args.cifar_dir)}")  # fmt: skip
 
 
 def pretrain(name: str, args, epochs: int | None = None) -> dict:
@@ -118,15 +118,13 @@ def pretrain(name: str, args, epochs: int | None = None) -> dict:
               "--pretrained", str(start_run(args) / "backbone.pt"), "--track_energy", "false",
               *(QUICK_PRETRAIN if args.quick else []), "--output_dir", str(out), *resume]  # fmt: skip
     if name == "central":
-        print(f"[pretrain] central, {args.epochs} epochs ...", file=sys.stderr, flush=True)
         return run_once("train.py", [*common, "--max_epochs", str(args.epochs)],
-                        out / "summary.json")  # fmt: skip
+                        out / "summary.json", f"[pretrain] central, {args.epochs} epochs")  # fmt: skip
     fleet, _ = FLEETS[name]
-    print(f"[pretrain] {name}, {args.clients} clients, {epochs} rounds ...", file=sys.stderr,
-          flush=True)  # fmt: skip
     return run_once("federate.py", [*common, *fleet, "--alpha", str(args.alpha), "--num_clients",
                                     str(args.clients), "--rounds", str(epochs),
-                                    "--local_epochs", "1"], out / "summary.json")  # fmt: skip
+                                    "--local_epochs", "1"], out / "summary.json",
+                    f"[pretrain] {name}, {args.clients} clients, {epochs} rounds")  # fmt: skip
 
 
 def labels_for(fraction_: float, pool: int) -> int:
@@ -140,18 +138,24 @@ def detect(backbone: str, labels: int, pool: int, pick: str, seed: int, args) ->
     run = start_run(args) if backbone == "start" else Path(args.runs) / backbone
     checkpoint = ["--checkpoint", "random", "--backbone", "timm:resnet18"] if backbone == "random" \
         else ["--checkpoint", str(run / "backbone.pt")]  # fmt: skip
-    picks = [] if labels >= pool else ["--labels", str(labels), "--select", pick]
+    # Every photo: the fraction 1 (detect.yaml's label_fraction is the 10% of its examples).
+    picks = (
+        ["--label_fraction", "1"] if labels >= pool else ["--labels", str(labels), "--select", pick]
+    )
     steps_per_epoch = math.ceil(labels / args.batch_size)
     epochs = max(1, round(args.steps / steps_per_epoch))
-    print(f"[detect] {backbone}, {labels} labeled ({pick}, seed {seed}), {epochs} epochs ...",
-          file=sys.stderr, flush=True)  # fmt: skip
     found = run_once("evaluate.py", [*checkpoint, "--config", DETECT, "--data_dir", args.data_dir,
                                      *picks, "--self_train", str(pick != "random").lower(),
                                      "--det_epochs", str(epochs), "--det_batch_size",
                                      str(args.batch_size), "--seed", str(seed),
                                      "--track_energy", "false",
                                      *(QUICK_DETECT if args.quick else []),
-                                     "--output_dir", str(out)], out / "results.json")  # fmt: skip
+                                     "--output_dir", str(out)], out / "results.json",
+                     f"[detect] {backbone}, {labels} labeled ({pick}, seed {seed}), "
+                     f"{epochs} epochs")  # fmt: skip
+    if "error" not in found and found["labeled_images"] != labels:
+        found = {"error": f"{out}: fine-tuned on {found['labeled_images']} labeled photos, not "
+                          f"{labels}; remove the run to measure it again"}  # fmt: skip
     return {**found, "backbone": backbone, "labels": labels, "pick": pick, "seed": seed,
             "out": str(out)}  # fmt: skip
 
@@ -334,11 +338,14 @@ def headline(rows: list[dict], columns: list[int], args) -> str:
         return mean([f["map_50"] for f in found]) if found else float("nan")
 
     few = columns[0]
+    ruled = cells(rows, args.rule_backbones[0], args.rule, few, True) if args.rule_backbones else []
     return (f"{command_stamp('benchmarks/vehicles.py')}: with {few} labeled photos the detector "
             f"on the centrally pretrained backbone reaches mAP@.5 {at('central', few):.3f} on "
             f"the val photos, against {at('random', few):.3f} from random initialisation; the "
             "federated backbones: "
-            + ", ".join(f"{FLEETS[f][1]} {at(f, few):.3f}" for f in args.fleets)
+            + ", ".join(f"{FLEETS[f][1].replace(',', '')} {at(f, few):.3f}" for f in args.fleets)
+            + (f"; {describe(args.rule_backbones[0])} from {args.rule}'s picks with "
+               f"self-training {ruled[0]['map_50']:.3f}" if ruled else "")
             + f". All labels ({columns[-1]}): {at('central', columns[-1]):.3f} against "
             f"{at('random', columns[-1]):.3f} ([the table](docs/detection.md#vehicles)).\n\n"
             f"![mAP@.5 against labeled photos]({CURVE})\n")  # fmt: skip
@@ -415,7 +422,10 @@ def main() -> None:
                     break  # every photo labeled: the draws differ by their seed alone
             if backbone in args.rule_backbones and labels < pool:
                 rows.append(detect(backbone, labels, pool, args.rule, 0, args))
-    title = (f"{command_stamp('benchmarks/vehicles.py')}; {len(rows)} detection runs, "
+    # Resumed calls each see part of the work: the time of the whole is the sum of its runs.
+    total = sum(r.get("seconds", 0) for r in [*pretrained.values(), *rows])
+    title = (f"{command_stamp('benchmarks/vehicles.py')}; {len(pretrained)} pretraining and "
+             f"{len(rows)} detection runs, {total / 3600:.1f} h of runs in all, "
              f"{time.time() - start:.0f} s in this call")  # fmt: skip
     text = tables(rows, pretrained, columns, pool, args, title)
     if not any("error" in r for r in rows):

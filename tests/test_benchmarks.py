@@ -434,6 +434,7 @@ def test_vehicles_quick_runs_the_fleet_story_and_resumes(tmp_path):
         ("fedx-dirichlet", 5, "random"), ("random", 20, "random"), ("central", 20, "random"),
     ]  # fmt: skip
     assert rows[3]["self_train"] is not None and rows[3]["selection"]["rule"] == "typiclust"
+    assert all(r["labeled_images"] == r["labels"] for r in rows)
     table = out.read_text()
     assert "| SSL federated (FedX, Dirichlet) | random |" in table and "self-training" in table
     assert "SSL centralized - random init at 5 labeled" in table
