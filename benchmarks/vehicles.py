@@ -138,7 +138,7 @@ def detect(backbone: str, labels: int, pool: int, pick: str, seed: int, args) ->
     run = start_run(args) if backbone == "start" else Path(args.runs) / backbone
     checkpoint = ["--checkpoint", "random", "--backbone", "timm:resnet18"] if backbone == "random" \
         else ["--checkpoint", str(run / "backbone.pt")]  # fmt: skip
-    # Every photo: the fraction 1 (detect.yaml's label_fraction is the 10% of its examples).
+    # All the photos: without the fraction 1, detect.yaml's own label_fraction (0.1) applies.
     picks = (
         ["--label_fraction", "1"] if labels >= pool else ["--labels", str(labels), "--select", pick]
     )
