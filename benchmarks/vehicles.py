@@ -21,6 +21,10 @@ motorcycles and ambulances from a few labeled photos, measured on the val photos
    --steps fine-tuning steps whatever its labels, so the cells of a column cost the same FLOPs
    (but the start's: it keeps the CIFAR recipe's stride-16 last stage, about 1.5x a step) and the
    curve is at equal compute; self-training takes as many steps again.
+3. The search (--variants), one change each to the recipe or the detector, one run each on the
+   first draw's picks at the fewest labels, against the central backbone's row on the same
+   picks: BYOL instead of SimCLR, the coco128 photos (--coco_dir) added to the unlabeled pool
+   (both pretrained at the central run's steps), RetinaNet or FCOS instead of Faster R-CNN.
 
 Every run is a process of its own whose finished output (summary.json, results.json) is reused,
 so a killed benchmark resumes at the run it was in; a killed pretraining resumes from its last
@@ -33,6 +37,7 @@ the random-init detector on 8 val photos to docs/images/, and the headline betwe
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -61,6 +66,7 @@ from ssl_zoo.published import require_markers, write_table  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "vehicles"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-12k"
+COCO128 = ROOT.parent / "shared" / "data" / "coco128"
 PRETRAIN = "configs/vehicles/pretrain.yaml"
 DETECT = "configs/vehicles/detect.yaml"
 CURVE = "docs/images/vehicles-curve.png"
@@ -76,6 +82,20 @@ FLEETS = {
         "FedX, Dirichlet",
     ),  # fmt: skip
 }
+# Part 1's search, one change to the recipe or the detector each: fine-tuned on the first draw's
+# random picks at the fewest labels, and read against the central backbone's row on those picks.
+# name: (the row's description, train.py arguments beside the recipe (None: the central
+# backbone), evaluate.py arguments beside detect.yaml)
+VARIANTS = {
+    # the BYOL CPU recipe's method settings (its short-run momentum among them)
+    "byol": ("BYOL (self-distillation) instead of SimCLR", ["--method", "byol", "--method_args",
+             json.dumps(yaml.safe_load((ROOT / "configs/methods/byol.yaml").read_text())["method_args"])],
+             []),
+    # at the central run's steps: more photos, fewer epochs
+    "coco128": ("coco128's photos added to the unlabeled pool", ["--extra_images", "[{coco_dir}]"], []),
+    "retinanet": ("RetinaNet instead of Faster R-CNN", None, ["--detector", "retinanet"]),
+    "fcos": ("FCOS instead of Faster R-CNN", None, ["--detector", "fcos"]),
+}  # fmt: skip
 # Every part on a few photos and tiny images: seconds a run, for the tests and a first look.
 QUICK_PRETRAIN = ["--train_samples", "24", "--test_samples", "16", "--image_size", "64",
                   "--views.input_size", "56", "--batch_size", "8", "--knn_k", "5",
@@ -112,7 +132,7 @@ def pretrain(name: str, args, epochs: int | None = None) -> dict:
     """A backbone's pretraining run (trained here unless finished, resumed if killed)."""
     out = Path(args.runs) / name
     # A killed run goes on from its checkpoint, if it lived to write one.
-    saved = out / ("checkpoints/last.ckpt" if name == "central" else "fed_state.pt")
+    saved = out / ("fed_state.pt" if name in FLEETS else "checkpoints/last.ckpt")
     resume = ["--resume"] if saved.is_file() else []
     common = ["--config", PRETRAIN, "--data_dir", args.data_dir, "--max_time", "null",
               "--pretrained", str(start_run(args) / "backbone.pt"), "--track_energy", "false",
@@ -120,6 +140,10 @@ def pretrain(name: str, args, epochs: int | None = None) -> dict:
     if name == "central":
         return run_once("train.py", [*common, "--max_epochs", str(args.epochs)],
                         out / "summary.json", f"[pretrain] central, {args.epochs} epochs")  # fmt: skip
+    if name in VARIANTS:
+        changes = [a.replace("{coco_dir}", args.coco_dir) for a in VARIANTS[name][1]]
+        return run_once("train.py", [*common, *changes, "--max_epochs", str(epochs)],
+                        out / "summary.json", f"[pretrain] {name}, {epochs} epochs")  # fmt: skip
     fleet, _ = FLEETS[name]
     return run_once("federate.py", [*common, *fleet, "--alpha", str(args.alpha), "--num_clients",
                                     str(args.clients), "--rounds", str(epochs),
@@ -131,10 +155,11 @@ def labels_for(fraction_: float, pool: int) -> int:
     return max(1, round(fraction_ * pool))
 
 
-def detect(backbone: str, labels: int, pool: int, pick: str, seed: int, args) -> dict:
+def detect(backbone: str, labels: int, pool: int, pick: str, seed: int, args,
+           variant: str | None = None) -> dict:  # fmt: skip
     """One detection run: `labels` train photos picked by `pick` (random or a rule, the rule
-    with self-training), fine-tuned for --steps steps."""
-    out = Path(args.runs) / "detect" / f"{backbone}-{labels}-{pick}-{seed}"
+    with self-training), fine-tuned for --steps steps; `variant`: a VARIANTS detector."""
+    out = Path(args.runs) / "detect" / f"{variant or backbone}-{labels}-{pick}-{seed}"
     run = start_run(args) if backbone == "start" else Path(args.runs) / backbone
     checkpoint = ["--checkpoint", "random", "--backbone", "timm:resnet18"] if backbone == "random" \
         else ["--checkpoint", str(run / "backbone.pt")]  # fmt: skip
@@ -149,15 +174,37 @@ def detect(backbone: str, labels: int, pool: int, pick: str, seed: int, args) ->
                                      "--det_epochs", str(epochs), "--det_batch_size",
                                      str(args.batch_size), "--seed", str(seed),
                                      "--track_energy", "false",
+                                     *(VARIANTS[variant][2] if variant else []),
                                      *(QUICK_DETECT if args.quick else []),
                                      "--output_dir", str(out)], out / "results.json",
-                     f"[detect] {backbone}, {labels} labeled ({pick}, seed {seed}), "
+                     f"[detect] {variant or backbone}, {labels} labeled ({pick}, seed {seed}), "
                      f"{epochs} epochs")  # fmt: skip
     if "error" not in found and found["labeled_images"] != labels:
         found = {"error": f"{out}: fine-tuned on {found['labeled_images']} labeled photos, not "
                           f"{labels}; remove the run to measure it again"}  # fmt: skip
     return {**found, "backbone": backbone, "labels": labels, "pick": pick, "seed": seed,
-            "out": str(out)}  # fmt: skip
+            "out": str(out), **({"variant": variant} if variant else {})}  # fmt: skip
+
+
+def run_variants(args, pool: int, few: int, central: dict) -> tuple[dict, list[dict]]:
+    """The --variants' pretraining runs (at the central run's steps) and detection runs."""
+    from ssl_zoo.data import unlabeled_images
+
+    pretrained, rows = {}, []
+    for name in args.variants:
+        backbone = "central"
+        if VARIANTS[name][1] is not None:
+            photos = pool + (len(unlabeled_images(Path(args.coco_dir), "--coco_dir"))
+                             if name == "coco128" else 0)  # fmt: skip
+            batch = 8 if args.quick else yaml.safe_load((ROOT / PRETRAIN).read_text())["batch_size"]
+            epochs = max(1, round(central["steps"] / max(1, photos // batch)))
+            pretrained[name] = pretrain(name, args, epochs)
+            if "error" in pretrained[name]:
+                raise SystemExit(f"error: pretraining {name} failed: {pretrained[name]['error']}")
+            backbone = name
+        rows.append(detect(backbone, few, pool, "random", args.draws[0], args,
+                           None if backbone == name else name))  # fmt: skip
+    return pretrained, rows
 
 
 def scores(row: dict, self_trained: bool = False) -> dict:
@@ -193,8 +240,8 @@ def backbone_names(args) -> list[str]:
     return ["random", "start", "central", *args.fleets]
 
 
-def tables(rows: list[dict], pretrained: dict, columns: list[int], pool: int, args,
-           title: str) -> str:  # fmt: skip
+def tables(rows: list[dict], variant_rows: list[dict], pretrained: dict, columns: list[int],
+           pool: int, args, title: str) -> str:  # fmt: skip
     lines = [title, "", f"Detection on the {rows and rows[0].get('val_images', '')} val photos "
              f"after about {args.steps} fine-tuning steps of {args.batch_size} photos (Faster "
              "R-CNN + FPN): mAP@.5 / mAP@[.5:.95] / AP(car)"
@@ -217,6 +264,8 @@ def tables(rows: list[dict], pretrained: dict, columns: list[int], pool: int, ar
               "| backbone | epochs(-equivalent) | GFLOPs | kNN init -> final | s | MB up / down |",
               "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, found in pretrained.items():
+        if name in VARIANTS:
+            continue  # in the variants' table
         epochs = found.get("epochs_equivalent", found.get("epochs"))
         traffic = (f"{found['bytes_up'] / 1e6:.0f} / {found['bytes_down'] / 1e6:.0f}"
                    if "bytes_up" in found else "")  # fmt: skip
@@ -230,11 +279,44 @@ def tables(rows: list[dict], pretrained: dict, columns: list[int], pool: int, ar
     lines += ["", "Seconds per detection run (fine-tuning, and mAP on val): "
               + ", ".join(f"{n} labeled{' with self-training' if st else ''} {mean(v):.0f}"
                           for (n, st), v in sorted(seconds.items())) + "."]  # fmt: skip
+    if variant_rows:
+        lines += ["", *variants_table(rows, variant_rows, pretrained, columns[0], args)]
     lines += ["", *targets(rows, columns, args)]
-    failed = [r for r in rows if "error" in r]
+    failed = [r for r in [*rows, *variant_rows] if "error" in r]
     lines += [f"- failed: {r['backbone']} {r['labels']} {r['pick']} seed {r['seed']}: {r['error']}"
               for r in failed]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def variants_table(rows: list[dict], variant_rows: list[dict], pretrained: dict, few: int,
+                   args) -> list[str]:  # fmt: skip
+    """Each variant's detector against the central backbone's on the same picks."""
+    seed = args.draws[0]
+    central = next((r for r in rows if "error" not in r and r["backbone"] == "central"
+                    and r["pick"] == "random" and r["labels"] == few and r["seed"] == seed), None)  # fmt: skip
+    spread = [c["map_50"] for c in cells(rows, "central", "random", few)]
+    lines = [f"Part 1's search, one change each to the recipe or the detector, fine-tuned on the "
+             f"{few} random picks of seed {seed}; the central backbone's Faster R-CNN on those "
+             "picks: " + (f"{central['map_50']:.3f} mAP@.5, {central['gflops']:,.0f} GFLOPs, "
+                          f"{central['seconds']:.0f} s" if central else "not measured")
+             + (f" (its {len(spread)} draws differ by {max(spread) - min(spread):.3f})"
+                if len(spread) > 1 else "") + ". Pretraining at the central run's steps:", "",
+             "| change | pretraining GFLOPs, s, kNN final | detection GFLOPs | "
+             "mAP@.5 / mAP@[.5:.95] / AP(car) | mAP@.5 - central's | detection s |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in variant_rows:
+        name = r.get("variant", r["backbone"])
+        if "error" in r:
+            continue  # listed with the failures
+        trained = pretrained.get(name)
+        pre = (f"{trained['gflops']:,.0f}, {trained['seconds']:.0f}, {trained['knn_top1']:.3f}"
+               if trained else "the central run's")  # fmt: skip
+        found = scores(r)
+        gap = f"{found['map_50'] - central['map_50']:+.3f}" if central else ""
+        lines.append(f"| {VARIANTS[name][0]} | {pre} | {r['gflops']:,.0f} | "
+                     f"{found['map_50']:.3f} / {found['map']:.3f} / {found['car']:.3f} | {gap} | "
+                     f"{r['seconds']:.0f} |")  # fmt: skip
+    return lines
 
 
 def describe(name: str) -> str:
@@ -373,12 +455,21 @@ def main() -> None:
     parser.add_argument("--steps", type=at_least(1), default=480,
                         help="fine-tuning steps of every detection run")  # fmt: skip
     parser.add_argument("--batch_size", type=at_least(1), default=8)
+    parser.add_argument("--variants", type=listed(str), default=",".join(VARIANTS),
+                        help="Part 1's search: changes to the recipe or detector, each one run")  # fmt: skip
+    parser.add_argument("--coco_dir", default=str(COCO128),
+                        help="the coco128 photos the coco128 variant adds to the unlabeled pool")  # fmt: skip
     parser.add_argument("--runs", default="runs/vehicles")
     output_arguments(parser, "vehicles")
     args = parser.parse_args()
-    unknown = [f for f in args.fleets if f not in FLEETS]
-    if unknown:
-        parser.error(f"--fleets: unknown {', '.join(unknown)}; valid: {', '.join(FLEETS)}")
+    for option, given, valid in (("fleets", args.fleets, FLEETS),
+                                 ("variants", args.variants, VARIANTS)):  # fmt: skip
+        unknown = [f for f in given if f not in valid]
+        if unknown:
+            parser.error(f"--{option}: unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
+    if "coco128" in args.variants and not Path(args.coco_dir).is_dir():
+        parser.error(f"--coco_dir {args.coco_dir}: not found (the coco128 variant's photos); "
+                     "leave coco128 out of --variants to run without it")  # fmt: skip
     if not (Path(args.data_dir) / "annotations").is_dir():
         parser.error(f"--data_dir {args.data_dir}: no annotations/ there (the vehicle photos: "
                      "../shared/data/vehicles, see its README)")  # fmt: skip
@@ -387,7 +478,7 @@ def main() -> None:
         args.fractions, args.fleet_fractions = [0.25, 1.0], [0.25]
     whole = at_defaults(parser, args, "quick", "data_dir", "cifar_dir", "epochs", "clients", "alpha", "fleets",
                         "fractions", "draws", "rule", "rule_backbones", "fleet_fractions",
-                        "steps", "batch_size")  # fmt: skip
+                        "steps", "batch_size", "variants", "coco_dir")  # fmt: skip
     writers = table_writers(parser, args, "vehicles", whole, "benchmarks/vehicles.md", DOCS)
     if whole:
         try:  # before hours of runs, not after
@@ -422,12 +513,14 @@ def main() -> None:
                     break  # every photo labeled: the draws differ by their seed alone
             if backbone in args.rule_backbones and labels < pool:
                 rows.append(detect(backbone, labels, pool, args.rule, 0, args))
+    variant_pretrained, variant_rows = run_variants(args, pool, columns[0], pretrained["central"])
+    pretrained.update(variant_pretrained)
     # Resumed calls each see part of the work: the time of the whole is the sum of its runs.
-    total = sum(r.get("seconds", 0) for r in [*pretrained.values(), *rows])
+    total = sum(r.get("seconds", 0) for r in [*pretrained.values(), *rows, *variant_rows])
     title = (f"{command_stamp('benchmarks/vehicles.py')}; {len(pretrained)} pretraining and "
-             f"{len(rows)} detection runs, {total / 3600:.1f} h of runs in all, "
-             f"{time.time() - start:.0f} s in this call")  # fmt: skip
-    text = tables(rows, pretrained, columns, pool, args, title)
+             f"{len(rows) + len(variant_rows)} detection runs, {total / 3600:.1f} h of runs in "
+             f"all, {time.time() - start:.0f} s in this call")  # fmt: skip
+    text = tables(rows, variant_rows, pretrained, columns, pool, args, title)
     if not any("error" in r for r in rows):
         if args.quick or whole:
             out_dir = Path(args.runs) if args.quick else ROOT
@@ -441,7 +534,9 @@ def main() -> None:
         if whole:
             writers.append(lambda _: write_table(ROOT / README, "vehicles-headline",
                                                  headline(rows, columns, args)))  # fmt: skip
-    publish(text, rows, {"title": title, "pretraining": pretrained, "rows": rows}, *writers)
+    publish(text, rows + variant_rows,
+            {"title": title, "pretraining": pretrained, "rows": rows, "variants": variant_rows},
+            *writers)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -97,8 +97,9 @@ def build_components(cfg: RunConfig, splits: Splits | None = None,
     normalize = DATASETS[cfg.dataset].normalize
     if splits is None:
         splits = load_splits(
-            cfg.dataset, cfg.data_dir, cfg.image_size, cfg.train_samples, cfg.test_samples, cfg.seed
-        )
+            cfg.dataset, cfg.data_dir, cfg.image_size, cfg.train_samples, cfg.test_samples,
+            cfg.seed, cfg.extra_images,
+        )  # fmt: skip
     cifar_stem = cfg.cifar_stem
     if cifar_stem is None:
         cifar_stem = default_cifar_stem(cfg.backbone, splits.image_size)

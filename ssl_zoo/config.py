@@ -274,6 +274,9 @@ class RunConfig(LogOptions, MachineOptions, KnnOptions, OptimOptions, BackboneOp
     seeds and logging.
 
     Args:
+        extra_images: Folders of more unlabeled photos for the method to learn from (every image
+            file under each, e.g. a public set beside a fleet's own photos), unlabeled: the
+            monitor never sees them, a non-IID partition deals them out as one more class.
         knn_every_n_epochs: train.py: run the kNN monitor every N epochs (and always at the end).
             A federation evaluates its global model after every round.
         checkpoint_minutes: train.py: besides after every monitor epoch, checkpoint at least this
@@ -284,6 +287,7 @@ class RunConfig(LogOptions, MachineOptions, KnnOptions, OptimOptions, BackboneOp
     # Options that moved (old name -> new dotted name): given, they are one line naming the new.
     renamed: ClassVar[dict[str, str]] = {}
 
+    extra_images: list[str] = field(default_factory=list)
     knn_every_n_epochs: int = 1
     checkpoint_minutes: float = 10.0
     resume: bool = False

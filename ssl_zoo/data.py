@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import (
     BatchSampler,
+    ConcatDataset,
     DataLoader,
     Dataset,
     DistributedSampler,
@@ -135,6 +137,15 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def unlabeled_images(folder: Path, option: str = "--data_dir") -> ImageFiles:
+    """Every image file under `folder`, labels unknown (-1)."""
+    paths = _list_images(folder) if folder.is_dir() else []
+    if not paths:
+        what = "found under" if folder.is_dir() else "found: no folder"
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) {what} {folder} ({option})")
+    return ImageFiles(paths, [-1] * len(paths))
+
+
 def _image_folder_split(folder: Path, classes: list[str]) -> ImageFiles:
     paths, labels = [], []
     for label, name in enumerate(classes):
@@ -152,10 +163,7 @@ def _load_imagefolder(data_dir: Path) -> tuple[Dataset, Dataset | None, Dataset 
         )
     train_dir, test_dir = data_dir / "train", data_dir / "test"
     if not train_dir.is_dir():
-        paths = _list_images(data_dir)
-        if not paths:
-            raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {data_dir}")
-        return ImageFiles(paths, [-1] * len(paths)), None, None, 0
+        return unlabeled_images(data_dir), None, None, 0
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"no class folders in {train_dir}; expected {train_dir}/<class>/*.jpg")
@@ -221,7 +229,10 @@ def load_splits(
     train_samples: int | None = None,
     test_samples: int | None = None,
     seed: int = 0,
+    extra_images: Sequence[str | Path] = (),
 ) -> Splits:
+    """The dataset's splits; `extra_images`: folders whose images join `train` unlabeled (the
+    bank stays the dataset's own labeled images)."""
     if dataset not in DATASETS:
         raise unknown_choice("dataset", dataset, DATASETS)
     data_dir = Path(data_dir) if data_dir else Path("data")
@@ -252,6 +263,9 @@ def load_splits(
         image_size = DATASETS[dataset].image_size or min(train[0][0].size)
     if test is None:
         bank = None  # a memory bank without queries measures nothing
+    if extra_images:
+        extra = [unlabeled_images(Path(d), "--extra_images") for d in extra_images]
+        train = ConcatDataset([train, *extra])
     return Splits(train, bank, test, num_classes, image_size)
 
 
@@ -304,6 +318,8 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
         return np.asarray(dataset.labels, dtype=np.int64)
     if isinstance(dataset, Unlabeled):
         return np.full(len(dataset), -1, dtype=np.int64)
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([dataset_labels(d) for d in dataset.datasets])
     return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
 
 
@@ -319,6 +335,8 @@ def uint8_images(dataset: Dataset, size: int) -> torch.Tensor:
         return uint8_images(dataset.dataset, size)[torch.as_tensor(dataset.indices)]
     if isinstance(dataset, Unlabeled):
         return uint8_images(dataset.base, size)
+    if isinstance(dataset, ConcatDataset):
+        return torch.cat([uint8_images(d, size) for d in dataset.datasets])
     cache = dataset.__dict__.setdefault("_uint8", {})
     if size in cache:
         return cache[size]

@@ -1,9 +1,11 @@
 """The benchmarks as a user runs them, on tiny synthetic budgets."""
 
+import json
 import runpy
 import shutil
 import sys
 from datetime import date
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, last_json_line, run_script
@@ -413,16 +415,17 @@ def test_label_efficiency_tabulates_every_part_and_resumes(tmp_path):
                     reason="../shared/data/vehicles or cifar10-12k is absent (the shared photos)")  # fmt: skip
 def test_vehicles_quick_runs_the_fleet_story_and_resumes(tmp_path):
     """benchmarks/vehicles.py --quick on 20 of the vehicle photos: the starting backbone (on 24
-    CIFAR photos), central and three federated pretrainings from it, detection from each backbone and random init (the rule's picks with
-    self-training on the central one), the table, the curve and the detections; a second run
-    trains nothing again."""
+    CIFAR photos), central and three federated pretrainings from it, detection from each backbone
+    and random init (the rule's picks with self-training on the central one), the variants (BYOL,
+    coco128 photos added, RetinaNet, FCOS), the table, the curve and the detections; a second
+    run trains nothing again."""
     out, runs = tmp_path / "table.md", tmp_path / "runs"
     args = ["--quick", "--runs", str(runs), "--out", str(out), "--docs", ""]
     proc = run_script("benchmarks/vehicles.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = last_json_line(proc.stdout)
     assert set(found["pretraining"]) == {"start", "central", "fedavg-iid", "fedavg-dirichlet",
-                                         "fedx-dirichlet"}  # fmt: skip
+                                         "fedx-dirichlet", "byol", "coco128"}  # fmt: skip
     assert found["pretraining"]["fedx-dirichlet"]["fed_algorithm"] == "fedx"
     rows = found["rows"]
     # 5 labeled: random init, the start alone, central (random picks, typiclust +
@@ -435,11 +438,24 @@ def test_vehicles_quick_runs_the_fleet_story_and_resumes(tmp_path):
     ]  # fmt: skip
     assert rows[3]["self_train"] is not None and rows[3]["selection"]["rule"] == "typiclust"
     assert all(r["labeled_images"] == r["labels"] for r in rows)
+    variants = found["variants"]
+    assert [(r["backbone"], r.get("variant"), r["detector"]) for r in variants] == [
+        ("byol", None, "fasterrcnn"), ("coco128", None, "fasterrcnn"),
+        ("central", "retinanet", "retinanet"), ("central", "fcos", "fcos"),
+    ]  # fmt: skip
+    picked = [json.loads((Path(r["out"]) / "selection.json").read_text())["ids"]
+              for r in [rows[2], *variants]]  # fmt: skip
+    assert all(ids == picked[0] for ids in picked)  # the central row's picks
+    # the coco128 run trains on 24 + 256 photos at the central run's steps: fewer epochs
+    assert found["pretraining"]["coco128"]["steps"] >= found["pretraining"]["central"]["steps"]
+    assert found["pretraining"]["byol"]["method"] == "byol"
     table = out.read_text()
+    assert "| FCOS instead of Faster R-CNN | the central run's |" in table
     assert "| SSL federated (FedX, Dirichlet) | random |" in table and "self-training" in table
     assert "SSL centralized - random init at 5 labeled" in table
     assert (runs / "vehicles-curve.png").stat().st_size > 10_000
     assert (runs / "vehicles-detections.png").stat().st_size > 10_000
     again = run_script("benchmarks/vehicles.py", *args)
-    assert again.returncode == 0 and again.stderr.count("finished run found") == 5 + len(rows)
+    assert again.returncode == 0
+    assert again.stderr.count("finished run found") == 7 + len(rows) + len(variants)
     assert last_json_line(again.stdout)["rows"] == rows

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import write_image_folder
 
 from ssl_zoo import synthetic
-from ssl_zoo.data import SSLDataModule, Transformed, load_splits
+from ssl_zoo.data import SSLDataModule, Transformed, dataset_labels, load_splits, uint8_images
 from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.knn import knn_accuracy
 from ssl_zoo.views import build_views
@@ -53,6 +54,22 @@ def test_flat_folder_is_unlabeled(image_folder):
     splits = load_splits("imagefolder", image_folder / "train")
     assert splits.num_classes == 0 and splits.bank is None and splits.test is None
     assert len(splits.train) == 18 and splits.train[0][1] == -1
+
+
+def test_extra_images_join_training_unlabeled(image_folder, tmp_path):
+    """Another folder's photos (here larger) join the images the method learns from, unlabeled;
+    the monitor's bank stays the dataset's own labeled images."""
+    extra = write_image_folder(tmp_path / "public", classes=("x",), per_class=5, size=48)
+    splits = load_splits("imagefolder", image_folder, extra_images=[extra])
+    assert len(splits.train) == 18 + 10 and len(splits.bank) == 18 and splits.image_size == 32
+    assert dataset_labels(splits.train).tolist() == dataset_labels(splits.bank).tolist() + [-1] * 10
+    pixels = uint8_images(splits.train, 32)
+    assert pixels.shape == (28, 3, 32, 32)
+    assert torch.equal(pixels[:18], uint8_images(splits.bank, 32))
+    with pytest.raises(
+        UserError, match=r"no images .*found: no folder .*nowhere \(--extra_images\)"
+    ):
+        load_splits("imagefolder", image_folder, extra_images=[tmp_path / "nowhere"])
 
 
 def test_unreadable_image_names_its_path(image_folder):

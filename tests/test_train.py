@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, last_json_line, run_script, tiny_args
+import yaml
+from conftest import ROOT, last_json_line, run_script, tiny_args, write_image_folder
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from wandb_records import history_keys
@@ -92,6 +93,16 @@ def test_config_files_compose_with_flags(tmp_path):
         and "lr: 0.001" in config
         and "min_scale: 0.4" not in config
     )
+
+
+def test_extra_images_add_training_steps_not_monitor_images(tmp_path):
+    """--extra_images: a folder of unlabeled photos of another size trains beside the dataset."""
+    extra = write_image_folder(tmp_path / "public", classes=("x",), per_class=16, size=48)
+    summary = main(tiny_args(tmp_path / "run", "--extra_images", f"[{extra}]"))
+    # 64 synthetic images and 32 extra at batch 16: 6 steps an epoch, not 4
+    assert summary["steps"] == 6 and summary["knn_top1"] is not None
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["extra_images"] == [str(extra)]
 
 
 def test_time_budget_anneals_and_ends_cleanly(tmp_path):
