@@ -12,6 +12,7 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 from lightly.utils.scheduler import cosine_warmup_schedule
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision import tv_tensors
@@ -98,9 +99,12 @@ def fine_tune_detector(detector, labeled: DetectionImages, steps: int, lr: float
                         persistent_workers=num_workers > 0)  # fmt: skip
     tuner = DetectorFineTuner(detector, lr)
     losses, flops = LossTrace(), StepFlops()
+    # tqdm's bar, not Lightning's default Rich one, which shows nothing outside a terminal: a
+    # benchmark's log shows where a 10-minute fine-tuning is
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator=accelerator, devices=1,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        log_every_n_steps=1, callbacks=[losses, flops])  # fmt: skip
+                        log_every_n_steps=1,
+                        callbacks=[losses, flops, TQDMProgressBar(refresh_rate=10)])  # fmt: skip
     trainer.fit(tuner, loader)
     return (tuner, len(labeled), losses.first_epoch_mean, losses.last_epoch_mean,
             flops.total(trainer.global_step))  # fmt: skip

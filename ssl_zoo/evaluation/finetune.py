@@ -27,6 +27,7 @@ import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -152,7 +153,8 @@ def finetune(
         enable_checkpointing=False,
         enable_model_summary=False,
         log_every_n_steps=1,
-        callbacks=[flops := StepFlops()],
+        # tqdm's bar: Lightning's default Rich one shows nothing outside a terminal
+        callbacks=[flops := StepFlops(), TQDMProgressBar(refresh_rate=10)],
     )
     with warnings.catch_warnings():  # Lightning's note on modules in eval mode: on purpose here
         warnings.filterwarnings("ignore", r".*module\(s\) in eval mode")
