@@ -283,8 +283,8 @@ def tables(rows: list[dict], variant_rows: list[dict], pretrained: dict, columns
         lines += ["", *variants_table(rows, variant_rows, pretrained, columns[0], args)]
     lines += ["", *targets(rows, columns, args)]
     failed = [r for r in [*rows, *variant_rows] if "error" in r]
-    lines += [f"- failed: {r['backbone']} {r['labels']} {r['pick']} seed {r['seed']}: {r['error']}"
-              for r in failed]  # fmt: skip
+    lines += [f"- failed: {r.get('variant', r['backbone'])} {r['labels']} {r['pick']} seed "
+              f"{r['seed']}: {r['error']}" for r in failed]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
